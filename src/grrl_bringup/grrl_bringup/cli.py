@@ -1,0 +1,71 @@
+"""The ``grrl`` command line: one entry point, subcommands imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from grrl_bringup.node_list import (
+    NodeListError,
+    load_node_list,
+    resolve_plugin,
+    runner_cli_args,
+    select,
+)
+
+
+def _up(args: argparse.Namespace) -> int:
+    """Start node groups of the node list in this process (the composed runner)."""
+    from grrl_common.runtime import run_nodes
+
+    entries = select(load_node_list(), args.groups.split(","))
+    if not entries:
+        raise NodeListError(f"no nodes in group(s) {args.groups!r}")
+    factories = [(resolve_plugin(e), runner_cli_args(e, args.namespace)) for e in entries]
+    return run_nodes(factories, exit_when_done=args.exit_when_done, num_threads=args.threads)
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    """Print the node list."""
+    for entry in load_node_list():
+        if args.groups and not entry.groups & set(args.groups.split(",")):
+            continue
+        print(
+            f"{entry.name:24s} {entry.package}/{entry.executable:24s} "
+            f"groups={','.join(sorted(entry.groups))} params={','.join(entry.parameters) or '-'}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run node groups of the graph in one process")
+    up.add_argument("--groups", default="interface_check", help="comma-separated node groups")
+    up.add_argument("--namespace", default="", help="namespace for every node")
+    up.add_argument("--threads", type=int, default=None, help="executor threads (default: cpus)")
+    up.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit when every node that finishes (e.g. a prober, a recorder) is done",
+    )
+    up.set_defaults(func=_up)
+
+    nodes = sub.add_parser("nodes", help="print the node list")
+    nodes.add_argument("--groups", default="", help="only these groups")
+    nodes.set_defaults(func=_nodes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NodeListError as exc:
+        print(f"grrl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces every grrl package shares: the topic/QoS contract and the node runtime."""

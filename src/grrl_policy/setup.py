@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+package_name = "grrl_policy"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="grrl maintainers",
+    maintainer_email="grrl@example.com",
+    description="Flow-matching VLA policy (encoder + action DiT + noise predictor), inference and the deployment chunk smoother; policy_node and smoother_node.",
+    license="Apache-2.0",
+)

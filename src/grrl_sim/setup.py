@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+package_name = "grrl_sim"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="grrl maintainers",
+    maintainer_email="grrl@example.com",
+    description="MuJoCo bimanual robot with the same topics as the real one, plus a scripted noisy operator.",
+    license="Apache-2.0",
+)
