@@ -14,6 +14,6 @@ setup(
     zip_safe=True,
     maintainer="grrl maintainers",
     maintainer_email="grrl@example.com",
-    description="Episodes from rosbag2, distributional progress critic, progress-drop filter, mirror augmentation, BC trainer and online noise-space RL; learner_node.",
+    description="Progress critic, filtering, mirroring, BC and online noise-space RL.",
     license="Apache-2.0",
 )

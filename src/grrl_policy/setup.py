@@ -14,6 +14,6 @@ setup(
     zip_safe=True,
     maintainer="grrl maintainers",
     maintainer_email="grrl@example.com",
-    description="Flow-matching VLA policy (encoder + action DiT + noise predictor), inference and the deployment chunk smoother; policy_node and smoother_node.",
+    description="Flow-matching VLA policy, inference and the deployment chunk smoother.",
     license="Apache-2.0",
 )

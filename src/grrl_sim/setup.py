@@ -14,6 +14,6 @@ setup(
     zip_safe=True,
     maintainer="grrl maintainers",
     maintainer_email="grrl@example.com",
-    description="MuJoCo bimanual robot with the same topics as the real one, plus a scripted noisy operator.",
+    description="MuJoCo bimanual robot behind the real robot's topics; scripted operator.",
     license="Apache-2.0",
 )

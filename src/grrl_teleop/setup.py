@@ -14,6 +14,6 @@ setup(
     zip_safe=True,
     maintainer="grrl maintainers",
     maintainer_email="grrl@example.com",
-    description="Teleoperation relay with retry-keyframe labelling and a crash-safe per-episode rosbag2 recorder.",
+    description="Teleop relay with retry-keyframe labelling and per-episode recorder.",
     license="Apache-2.0",
 )

@@ -1,1 +1,1 @@
-"""grrl_bringup: the node list, launch files, parameter files, the ``grrl`` CLI and composed runner."""
+"""grrl_bringup: node list, launch and parameter files, the ``grrl`` CLI, composed runner."""

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from builtin_interfaces.msg import Time
+
 from grrl_msgs.msg import ActionChunk, EpisodeEvent, PolicyUpdate, Progress
 from grrl_msgs.srv import EndEpisode, ResetEpisode, StartEpisode
 
-TOPIC_PREFIX = "grrl_check"  # relative: follows the nodes' namespace; never the live contract topics
+TOPIC_PREFIX = (
+    "grrl_check"  # relative: follows the nodes' namespace; never the live contract topics
+)
 
 MESSAGE_TYPES: dict[str, type] = {
     "action_chunk": ActionChunk,
@@ -130,7 +133,8 @@ def field_differences(expected: Any, actual: Any, path: str = "") -> list[str]:
         return diffs
     if _is_sequence(expected):
         if not _is_sequence(actual) or len(expected) != len(actual):
-            return [f"{path}: length {len(actual) if _is_sequence(actual) else 'n/a'} != {len(expected)}"]
+            got = len(actual) if _is_sequence(actual) else "n/a"
+            return [f"{path}: length {got} != {len(expected)}"]
         diffs = []
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             diffs += field_differences(e, a, f"{path}[{i}]")

@@ -27,7 +27,9 @@ class InterfaceResponder(Node):
         self.received: dict[str, int] = {kind: 0 for kind in check.MESSAGE_TYPES}
         self._echo_publishers = {}
         for kind, msg_type in check.MESSAGE_TYPES.items():
-            self._echo_publishers[kind] = self.create_publisher(msg_type, check.echo_topic(kind), qos)
+            self._echo_publishers[kind] = self.create_publisher(
+                msg_type, check.echo_topic(kind), qos
+            )
             self.create_subscription(
                 msg_type, check.topic(kind), lambda msg, kind=kind: self._on_message(kind, msg), qos
             )
@@ -37,7 +39,9 @@ class InterfaceResponder(Node):
                 check.topic(kind),
                 lambda request, response, kind=kind: self._on_request(kind, request),
             )
-        self.get_logger().info("echoing grrl_msgs on %s/*" % self.resolve_topic_name(check.TOPIC_PREFIX))
+        self.get_logger().info(
+            f"echoing grrl_msgs on {self.resolve_topic_name(check.TOPIC_PREFIX)}/*"
+        )
 
     def _on_message(self, kind: str, msg: Any) -> None:
         self.received[kind] += 1
@@ -62,8 +66,20 @@ class InterfaceProber(Node):
         params = declare(
             self,
             [
-                Param("timeout_s", 30.0, "Give up on checks still pending after this long.", 1.0, 600.0),
-                Param("resend_s", 2.0, "Re-send a message whose echo has not arrived after this long.", 0.1, 60.0),
+                Param(
+                    "timeout_s",
+                    30.0,
+                    "Give up on checks still pending after this long.",
+                    1.0,
+                    600.0,
+                ),
+                Param(
+                    "resend_s",
+                    2.0,
+                    "Re-send a message whose echo has not arrived after this long.",
+                    0.1,
+                    60.0,
+                ),
             ],
         )
         self._timeout_s = params["timeout_s"]
@@ -83,7 +99,10 @@ class InterfaceProber(Node):
         for kind, msg_type in check.MESSAGE_TYPES.items():
             self._check_publishers[kind] = self.create_publisher(msg_type, check.topic(kind), qos)
             self.create_subscription(
-                msg_type, check.echo_topic(kind), lambda msg, kind=kind: self._on_echo(kind, msg), qos
+                msg_type,
+                check.echo_topic(kind),
+                lambda msg, kind=kind: self._on_echo(kind, msg),
+                qos,
             )
         self._check_clients = {
             kind: self.create_client(srv_type, check.topic(kind))
@@ -129,7 +148,9 @@ class InterfaceProber(Node):
             response = future.result()
             self.responses[kind] = response
             expected = check.respond(kind, self._requests[kind])
-            self._record(kind, check.field_differences(expected, response), check.describe(response))
+            self._record(
+                kind, check.field_differences(expected, response), check.describe(response)
+            )
 
     def _record(self, kind: str, diffs: list[str], description: str) -> None:
         if diffs:
@@ -150,8 +171,8 @@ class InterfaceProber(Node):
             rows = [(kind, *self.results[kind]) for kind in kinds]
             passed = sum(result == "ok" for _, result, _ in rows)
         self.get_logger().info(
-            "interface check: %d/%d grrl_msgs interfaces crossed DDS intact\n%s"
-            % (passed, len(rows), check.summary_table(rows))
+            f"interface check: {passed}/{len(rows)} grrl_msgs interfaces crossed DDS intact\n"
+            + check.summary_table(rows)
         )
         self.exit_code = 0 if passed == len(rows) else 1
         self._timer.cancel()

@@ -56,7 +56,8 @@ def load_node_list(path: Path | None = None) -> list[NodeEntry]:
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise NodeListError(f"{path}: cannot read node list ({exc})") from None
+        detail = " ".join(str(exc).split())  # YAML errors span lines; keep one
+        raise NodeListError(f"{path}: cannot read node list ({detail})") from None
     if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
         raise NodeListError(f"{path}: expected a mapping with a 'nodes' list")
     entries, names = [], set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from rclpy.qos import (
@@ -20,7 +20,7 @@ from rclpy.qos import (
 )
 
 
-class QosKind(str, Enum):
+class QosKind(StrEnum):
     """The QoS classes the contract uses."""
 
     SENSOR = "sensor"  # best effort, shallow: a late frame is worth less than a fresh one

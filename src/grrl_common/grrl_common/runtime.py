@@ -128,9 +128,8 @@ def run_nodes(
             node = factory(context=context, cli_args=cli_args)
             nodes.append(node)
             executor.add_node(node)
-        logger.info(
-            "started %d node(s): %s" % (len(nodes), ", ".join(n.get_fully_qualified_name() for n in nodes))
-        )
+        names = ", ".join(n.get_fully_qualified_name() for n in nodes)
+        logger.info(f"started {len(nodes)} node(s): {names}")
         if on_started is not None:
             on_started(nodes)
         finishing = [n for n in nodes if isinstance(getattr(n, "done", None), threading.Event)]

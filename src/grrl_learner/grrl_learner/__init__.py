@@ -1,1 +1,4 @@
-"""grrl_learner: progress critic, filtering, mirroring, BC and online noise-space RL (to be filled by the learner issues)."""
+"""grrl_learner: progress critic, filtering, mirroring, BC, online noise-space RL.
+
+Filled by the learner issues.
+"""

@@ -1,1 +1,4 @@
-"""grrl_policy: flow-matching VLA, inference and the deployment chunk smoother (to be filled by the policy and deployment issues)."""
+"""grrl_policy: flow-matching VLA, inference and the deployment chunk smoother.
+
+Filled by the policy and deployment issues.
+"""

@@ -1,1 +1,4 @@
-"""grrl_sim: MuJoCo bimanual robot behind the real robot's topics (to be filled by the sim issue)."""
+"""grrl_sim: MuJoCo bimanual robot behind the real robot's topics.
+
+Filled by the sim issue.
+"""

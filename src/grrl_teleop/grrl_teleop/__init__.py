@@ -1,1 +1,4 @@
-"""grrl_teleop: teleop relay with retry-keyframe labelling and the per-episode recorder (to be filled by the teleop issue)."""
+"""grrl_teleop: teleop relay with retry-keyframe labelling, per-episode recorder.
+
+Filled by the teleop issue.
+"""
