@@ -1,0 +1,14 @@
+"""grrl_sim is built, installed and registered in the ament index."""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+
+import grrl_sim
+
+
+def test_installed_and_registered():
+    share = Path(get_package_share_directory("grrl_sim"))
+    source = Path(__file__).resolve().parents[1]
+    assert (share / "package.xml").read_text() == (source / "package.xml").read_text()
+    assert Path(grrl_sim.__file__).resolve().parent == source / "grrl_sim"
