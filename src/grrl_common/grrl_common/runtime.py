@@ -146,10 +146,15 @@ def run_nodes(
             exit_code = exit_code or 128 + stop.signum
         return int(exit_code)
     finally:
-        for node in reversed(nodes):
-            executor.remove_node(node)
-            node.destroy_node()
+        # Let in-flight callbacks finish before their nodes go away, then destroy the nodes
+        # (which is where nodes flush what they hold). rclpy's Executor.shutdown does not wait
+        # for the MultiThreadedExecutor's worker pool (rclpy 7.1), so drain that pool first.
+        pool = getattr(executor, "_executor", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
         executor.shutdown(timeout_sec=1.0)
+        for node in reversed(nodes):
+            node.destroy_node()
         rclpy.try_shutdown(context=context)
         stop.restore()
 
