@@ -29,6 +29,9 @@ export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE="\${GRRL_DISCOVERY_RANGE:-LOCALHOST}"
 export ROS_DOMAIN_ID="\${ROS_DOMAIN_ID:-42}"
 export RCUTILS_COLORIZED_OUTPUT="\${RCUTILS_COLORIZED_OUTPUT:-0}"
+# MuJoCo renders headless through EGL (Mesa on a CPU-only machine).
+export MUJOCO_GL="\${MUJOCO_GL:-egl}"
+export PYOPENGL_PLATFORM="\${PYOPENGL_PLATFORM:-egl}"
 
 if [ "\${1:-}" != "--no-workspace" ] && [ -f "$ROOT/install/local_setup.bash" ]; then
   # shellcheck disable=SC1091

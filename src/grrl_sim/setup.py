@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 package_name = "grrl_sim"
@@ -9,6 +11,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -16,4 +19,9 @@ setup(
     maintainer_email="grrl@example.com",
     description="MuJoCo bimanual robot behind the real robot's topics; scripted operator.",
     license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "sim_node = grrl_sim.sim_node:main",
+        ],
+    },
 )

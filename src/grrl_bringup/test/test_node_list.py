@@ -9,6 +9,7 @@ from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
+from ament_index_python.packages import get_package_prefix
 from rclpy.node import Node
 
 from grrl_bringup.node_list import (
@@ -41,7 +42,7 @@ def test_every_entry_resolves_to_an_installed_executable_and_a_node_class():
         assert isinstance(plugin, type) and issubclass(plugin, Node), entry.plugin
         # The executable and the plugin are the same node: the console script lives beside it.
         assert module_name == entry.plugin.partition(":")[0], entry.name
-        prefix = Path(share_dir()).parents[1]
+        prefix = Path(get_package_prefix(entry.package))
         installed = prefix / "lib" / entry.package / entry.executable
         assert installed.is_file() and os.access(installed, os.X_OK), installed
         for path in entry.parameter_files(config_dir()):
@@ -76,6 +77,7 @@ def test_launch_file_builds_its_nodes_from_the_node_list():
 
 def test_select_groups():
     entries = load_node_list()
+    assert [e.name for e in select(entries, ["sim"])] == ["sim_node"]
     assert [e.name for e in select(entries, ["interface_check"])] == [
         "interface_responder",
         "interface_prober",

@@ -1,0 +1,51 @@
+"""Validating joint commands before they can reach motors (ROS-free)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from grrl_common.robot import RobotDescription
+
+LIMIT_TOLERANCE = 1e-6
+
+
+def validate_joint_command(
+    robot: RobotDescription,
+    names: Sequence[str],
+    positions: Sequence[float],
+    current: np.ndarray,
+) -> tuple[np.ndarray | None, str]:
+    """Merge a (possibly partial) named position command into ``current``.
+
+    Returns (target, "") when valid, else (None, reason) with a one-line reason naming the
+    problem: no positions, names/positions length mismatch, unknown or duplicate joints,
+    non-finite values, targets beyond the joint limits.
+    """
+    positions = np.asarray(positions, dtype=float)
+    if positions.size == 0:
+        return None, "command has no positions"
+    if len(names) != positions.size:
+        return None, f"{len(names)} joint names but {positions.size} positions"
+    index = {name: i for i, name in enumerate(robot.joint_names)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        return None, f"unknown joint(s) {', '.join(unknown[:4])}"
+    if len(set(names)) != len(names):
+        return None, "duplicate joint names"
+    if not np.all(np.isfinite(positions)):
+        bad = [n for n, p in zip(names, positions, strict=True) if not np.isfinite(p)]
+        return None, f"non-finite position for {', '.join(bad[:4])}"
+    target = np.array(current, dtype=float, copy=True)
+    idx = np.array([index[n] for n in names])
+    target[idx] = positions
+    low, high = robot.lower[idx] - LIMIT_TOLERANCE, robot.upper[idx] + LIMIT_TOLERANCE
+    beyond = [
+        f"{n}={p:.4g} not in [{lo:.4g}, {hi:.4g}]"
+        for n, p, lo, hi in zip(names, positions, robot.lower[idx], robot.upper[idx], strict=True)
+        if not (lo - LIMIT_TOLERANCE <= p <= hi + LIMIT_TOLERANCE)
+    ]
+    if np.any(positions < low) or np.any(positions > high):
+        return None, "beyond limits: " + "; ".join(beyond[:3])
+    return target, ""

@@ -1,0 +1,273 @@
+"""sim_node: the MuJoCo robot behind the real robot's topics (thin wrapper over the task core).
+
+Publishes ``/joint_states`` and the cameras (sensor-data QoS), ``/clock`` (sim time), and an
+``EpisodeEvent`` END (with success) when an episode completes or times out; obeys
+``/grrl/joint_command`` (one-point JointTrajectory, positions required) and the
+``ResetEpisode`` service. Invalid commands are rejected with a rate-limited error and the robot
+holds its last valid target. Pacing: ``realtime`` steps on the wall clock; ``fast`` steps as soon
+as a command for the step arrives (or after ``fast_idle_s`` without one), as fast as the graph
+can go, with every node on ``use_sim_time``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from grrl_common import contract
+from grrl_common.commands import validate_joint_command
+from grrl_common.contract import QosKind, qos_profile
+from grrl_common.image_codec import numpy_to_image
+from grrl_common.parameters import Param, declare
+from grrl_common.robot import load_robot_description
+from grrl_common.runtime import node_main
+from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.srv import ResetEpisode
+from grrl_sim.task import InsertionTask, TaskConfig
+
+
+def _stamp(seconds: float) -> Time:
+    sec = int(seconds)
+    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+
+
+class SimNode(Node):
+    """The simulated robot: steps physics, publishes sensors, obeys commands."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("sim_node", **node_kwargs)
+        p = declare(
+            self,
+            [
+                Param("robot_description", "", "Robot description YAML ('' = the sim robot)."),
+                Param("seed", 0, "Seed of the first episode (reset at start-up).", 0, 2**31 - 1),
+                Param("obs_mode", "pixels", "'pixels' renders cameras; 'state' only joints."),
+                Param("pacing", "realtime", "'realtime' or 'fast' (as fast as the graph goes)."),
+                Param("episode_limit_steps", 1000, "Control steps before timeout.", 1, 10**6),
+                Param("camera_rate_hz", 10.0, "Camera frame rate (pixels mode).", 0.1, 120.0),
+                Param("image_width", 0, "Image width (0 = robot description).", 0, 4096),
+                Param("image_height", 0, "Image height (0 = robot description).", 0, 4096),
+                Param(
+                    "fast_idle_s",
+                    0.05,
+                    "Fast pacing: step anyway after this long idle.",
+                    0.001,
+                    10.0,
+                ),
+                Param("publish_clock", True, "Publish /clock with the simulation time."),
+            ],
+        )
+        if p["obs_mode"] not in ("pixels", "state"):
+            raise ValueError(f"obs_mode must be 'pixels' or 'state', got {p['obs_mode']!r}")
+        if p["pacing"] not in ("realtime", "fast"):
+            raise ValueError(f"pacing must be 'realtime' or 'fast', got {p['pacing']!r}")
+        self.robot = load_robot_description(p["robot_description"] or None)
+        camera = next(iter(self.robot.cameras.values()), None)
+        self._task_config = TaskConfig(
+            control_rate_hz=self.robot.control_rate_hz,
+            episode_limit_steps=p["episode_limit_steps"],
+            obs_mode=p["obs_mode"],
+            camera_rate_hz=p["camera_rate_hz"],
+            image_width=p["image_width"] or (camera.width if camera else 128),
+            image_height=p["image_height"] or (camera.height if camera else 128),
+        )
+        self._pacing = p["pacing"]
+        self._fast_idle_s = p["fast_idle_s"]
+        self._publish_clock = p["publish_clock"]
+        self._lock = threading.Lock()
+        self._command_event = threading.Event()
+        self._stop = threading.Event()
+        self._rng = np.random.default_rng(p["seed"])
+        self._clock_offset = 0.0  # sim time keeps running across episodes
+        self._episode_counter = 0
+        self._episode_id = ""
+        self._episode_active = False
+        self._last_frame_time = None
+        self.rejected_commands = 0
+        self._startup_error: Exception | None = None
+
+        sensor = qos_profile(QosKind.SENSOR)
+        self._joint_pub = self.create_publisher(JointState, contract.JOINT_STATES, sensor)
+        self._image_pubs = {
+            name: self.create_publisher(Image, cam.topic, sensor)
+            for name, cam in self.robot.cameras.items()
+        }
+        self._clock_pub = self.create_publisher(Clock, contract.CLOCK, qos_profile(QosKind.SENSOR))
+        self._event_pub = self.create_publisher(
+            EpisodeEvent, contract.EPISODE_EVENT, qos_profile(QosKind.LATCHED)
+        )
+        self.create_subscription(
+            JointTrajectory, contract.JOINT_COMMAND, self._on_command, qos_profile(QosKind.COMMAND)
+        )
+        self.create_subscription(
+            EpisodeEvent, contract.EPISODE_EVENT, self._on_event, qos_profile(QosKind.LATCHED)
+        )
+        self.create_service(ResetEpisode, contract.RESET_EPISODE_SERVICE, self._on_reset)
+
+        # The task lives on the stepping thread: MuJoCo's EGL rendering context is bound to
+        # the thread that created it. Resets requested by the service are handed over to it.
+        self._target = np.zeros(self.robot.n_joints)
+        self._reset_requests: list[tuple[int, threading.Event]] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(p["seed"],), name="sim_step", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout=60.0) or self._startup_error is not None:
+            raise RuntimeError(f"simulation did not start: {self._startup_error}")
+        self.get_logger().info(
+            f"{self.robot.name}: {p['obs_mode']} mode, {self._pacing} pacing, "
+            f"{self.robot.control_rate_hz:.0f} Hz control, seed {p['seed']}"
+        )
+
+    # --- commands, events, reset -----------------------------------------------------------
+    def _on_command(self, msg: JointTrajectory) -> None:
+        if len(msg.points) != 1:
+            return self._reject(f"expected one trajectory point, got {len(msg.points)}")
+        point = msg.points[0]
+        with self._lock:
+            target, error = validate_joint_command(
+                self.robot, list(msg.joint_names), list(point.positions), self._target
+            )
+            if target is None:
+                return self._reject(error)
+            self._target = target
+        self._command_event.set()
+
+    def _reject(self, reason: str) -> None:
+        self.rejected_commands += 1
+        self.get_logger().error(
+            f"rejected /grrl/joint_command ({reason}); holding the last valid target",
+            throttle_duration_sec=1.0,
+        )
+
+    def _on_event(self, msg: EpisodeEvent) -> None:
+        if msg.type == EpisodeEvent.START and msg.source != "sim" and msg.episode_id:
+            with self._lock:
+                self._episode_id = msg.episode_id  # adopt the operator's episode id
+
+    def _on_reset(self, request: ResetEpisode.Request, response: ResetEpisode.Response):
+        seed = int(request.seed) if request.seed >= 0 else int(self._rng.integers(0, 2**31 - 1))
+        done = threading.Event()
+        with self._lock:
+            self._reset_requests.append((seed, done))
+        self._command_event.set()
+        if not done.wait(timeout=10.0):
+            response.ok, response.message = False, "simulation did not reset within 10 s"
+            return response
+        response.ok, response.seed = True, seed
+        response.message = f"reset with seed {seed}, peg on the {self.task.peg_arm} side"
+        return response
+
+    def _reset(self, seed: int) -> None:
+        """On the stepping thread, with the lock held."""
+        if self._episode_active and self.task.step_count > 0:
+            self._publish_event(EpisodeEvent.ABORT, note="reset during the episode")
+        self._clock_offset += self.task.data.time
+        self.task.reset(seed)
+        self._target = self.task.home.copy()
+        self._episode_counter += 1
+        self._episode_id = f"sim-{self._episode_counter:04d}-seed{seed}"
+        self._episode_active = True
+        self._last_frame_time = None
+
+    # --- stepping --------------------------------------------------------------------------
+    def sim_time(self) -> float:
+        return self._clock_offset + self.task.data.time
+
+    def _loop(self, seed: int) -> None:
+        try:
+            self.task = InsertionTask(self._task_config, self.robot)
+            with self._lock:
+                self._reset(seed)
+        except Exception as exc:  # surfaced by __init__
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        period = 1.0 / self.robot.control_rate_hz
+        next_tick = time.monotonic()
+        self._publish_sensors()
+        while not self._stop.is_set():
+            with self._lock:
+                requests, self._reset_requests = self._reset_requests, []
+                for requested_seed, done in requests:
+                    self._reset(requested_seed)
+                    done.set()
+            if requests:
+                self._publish_sensors()
+            if self._pacing == "realtime":
+                next_tick += period
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_tick = time.monotonic()  # fell behind: do not try to catch up
+            else:
+                self._command_event.wait(self._fast_idle_s)
+                self._command_event.clear()
+                if not self._episode_active:
+                    continue  # nothing to simulate until the next reset
+            if self._stop.is_set():
+                break
+            self._step_once()
+        self.task.close()  # on this thread: it owns the rendering context
+
+    def _step_once(self) -> None:
+        with self._lock:
+            result = self.task.step(self._target)
+            if self._episode_active and result.done:
+                self._episode_active = False
+                self._publish_event(
+                    EpisodeEvent.END,
+                    success=result.success,
+                    note="success" if result.success else "timeout",
+                )
+        self._publish_sensors()
+
+    def _publish_sensors(self) -> None:
+        with self._lock:
+            now = self.sim_time()
+            stamp = _stamp(now)
+            obs = self.task.observe()
+        if self._publish_clock:
+            self._clock_pub.publish(Clock(clock=stamp))
+        joint_state = JointState(
+            name=self.robot.joint_names,
+            position=obs.joint_positions.tolist(),
+            velocity=obs.joint_velocities.tolist(),
+        )
+        joint_state.header.stamp = stamp
+        self._joint_pub.publish(joint_state)
+        if obs.images is not None and self.task.frame_time != self._last_frame_time:
+            self._last_frame_time = self.task.frame_time  # new frames were rendered
+            for name, image in obs.images.items():
+                self._image_pubs[name].publish(numpy_to_image(image, "rgb8", stamp, name))
+
+    def _publish_event(self, kind: int, success: bool = False, note: str = "") -> None:
+        event = EpisodeEvent(
+            type=kind, episode_id=self._episode_id, success=success, source="sim", note=note
+        )
+        event.header.stamp = _stamp(self.sim_time())
+        self._event_pub.publish(event)
+        self.get_logger().info(
+            f"episode {self._episode_id}: {('START', 'RETRY', 'END', 'ABORT')[kind]} {note}"
+        )
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._command_event.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        super().destroy_node()
+
+
+main = node_main(SimNode)

@@ -1,0 +1,86 @@
+"""sim_node over DDS: commands move the robot, bad commands are rejected, resets abort."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from grrl_common import contract
+from grrl_common.contract import QosKind, qos_profile
+from grrl_common.image_codec import image_to_numpy
+from grrl_common.robot import load_robot_description
+from grrl_common.runtime import spin_until
+from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.srv import ResetEpisode
+
+
+def _command(names, positions) -> JointTrajectory:
+    msg = JointTrajectory(joint_names=list(names))
+    msg.points = [JointTrajectoryPoint(positions=[float(p) for p in positions])]
+    return msg
+
+
+def test_sim_node_obeys_commands_rejects_bad_ones_and_aborts_on_reset(
+    executor, ros_context, start_process, executable_path
+):
+    robot = load_robot_description()
+    sim = start_process(
+        executable_path("grrl_sim", "sim_node"),
+        "--ros-args", "-p", "obs_mode:=pixels", "-p", "camera_rate_hz:=10.0",
+    )  # fmt: skip
+    node = Node("sim_test_client", context=ros_context)
+    executor.add_node(node)
+    states: list[JointState] = []
+    images: list[Image] = []
+    events: list[EpisodeEvent] = []
+    node.create_subscription(JointState, contract.JOINT_STATES, states.append,
+                             qos_profile(QosKind.SENSOR))  # fmt: skip
+    node.create_subscription(Image, contract.camera_topic("head"), images.append,
+                             qos_profile(QosKind.SENSOR))  # fmt: skip
+    node.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, events.append,
+                             qos_profile(QosKind.LATCHED))  # fmt: skip
+    command_pub = node.create_publisher(
+        JointTrajectory, contract.JOINT_COMMAND, qos_profile(QosKind.COMMAND)
+    )
+    assert spin_until(executor, lambda: len(states) > 5 and images, 60), sim.text()
+
+    image = image_to_numpy(images[-1])
+    assert image.shape == (128, 128, 3) and images[-1].encoding == "rgb8" and image.std() > 5
+    assert list(states[-1].name) == robot.joint_names
+    waist = robot.joint_names.index("left_waist")
+
+    def waist_now() -> float:
+        return states[-1].position[waist]
+
+    start = waist_now()
+    assert spin_until(executor, lambda: command_pub.get_subscription_count() > 0, 30)
+
+    # a NaN command and one beyond the limits are rejected: the robot does not move
+    bad = np.array(states[-1].position)
+    bad[waist] = math.nan
+    command_pub.publish(_command(robot.joint_names, bad))
+    beyond = np.array(states[-1].position)
+    beyond[waist] = robot.upper[waist] + 1.0
+    command_pub.publish(_command(robot.joint_names, beyond))
+    command_pub.publish(_command(["no_such_joint"], [0.0]))
+    assert sim.wait_for("rejected /grrl/joint_command", timeout=10), sim.text()
+    count = len(states)
+    spin_until(executor, lambda: len(states) > count + 25, 10)  # half a second of motion time
+    assert abs(waist_now() - start) < 1e-3
+
+    # a valid (partial) command moves the joint towards the target
+    command_pub.publish(_command(["left_waist"], [start + 0.3]))
+    assert spin_until(executor, lambda: abs(waist_now() - (start + 0.3)) < 0.02, 10)
+
+    # reset mid-episode: ABORT event, then the robot is back home with the new seed
+    client = node.create_client(ResetEpisode, contract.RESET_EPISODE_SERVICE)
+    assert spin_until(executor, client.service_is_ready, 30)
+    future = client.call_async(ResetEpisode.Request(seed=123))
+    assert spin_until(executor, future.done, 10)
+    assert future.result().ok and future.result().seed == 123
+    assert spin_until(executor, lambda: any(e.type == EpisodeEvent.ABORT for e in events), 10)
+    assert spin_until(executor, lambda: abs(waist_now() - robot.sim["home"][0]) < 0.05, 10)
