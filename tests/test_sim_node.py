@@ -84,3 +84,46 @@ def test_sim_node_obeys_commands_rejects_bad_ones_and_aborts_on_reset(
     assert future.result().ok and future.result().seed == 123
     assert spin_until(executor, lambda: any(e.type == EpisodeEvent.ABORT for e in events), 10)
     assert spin_until(executor, lambda: abs(waist_now() - robot.sim["home"][0]) < 0.05, 10)
+
+
+def test_fast_pacing_steps_on_commands_publishes_clock_and_ends_episode(
+    executor, ros_context, start_process, executable_path
+):
+    from rosgraph_msgs.msg import Clock
+
+    robot = load_robot_description()
+    sim = start_process(
+        executable_path("grrl_sim", "sim_node"),
+        "--ros-args", "-p", "obs_mode:=state", "-p", "pacing:=fast",
+        "-p", "episode_limit_steps:=30", "-p", "fast_idle_s:=5.0",
+    )  # fmt: skip
+    node = Node("fast_sim_client", context=ros_context)
+    executor.add_node(node)
+    clocks: list[Clock] = []
+    events: list[EpisodeEvent] = []
+    states: list[JointState] = []
+    node.create_subscription(Clock, contract.CLOCK, clocks.append, qos_profile(QosKind.SENSOR))
+    node.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, events.append,
+                             qos_profile(QosKind.LATCHED))  # fmt: skip
+    node.create_subscription(JointState, contract.JOINT_STATES, states.append,
+                             qos_profile(QosKind.SENSOR))  # fmt: skip
+    command_pub = node.create_publisher(
+        JointTrajectory, contract.JOINT_COMMAND, qos_profile(QosKind.COMMAND)
+    )
+    assert spin_until(executor, lambda: command_pub.get_subscription_count() > 0, 30), sim.text()
+    assert spin_until(executor, lambda: states, 30), sim.text()
+    home = np.array(states[-1].position)
+
+    # lockstep: each command advances the simulation by exactly one control period
+    for _ in range(40):
+        if any(e.type == EpisodeEvent.END for e in events):
+            break
+        before = len(states)
+        command_pub.publish(_command(robot.joint_names, home))
+        assert spin_until(executor, lambda before=before: len(states) > before, 10), sim.text()
+    (end,) = [e for e in events if e.type == EpisodeEvent.END]
+    assert end.success is False and end.note == "timeout" and end.source == "sim"
+    stamps = [s.header.stamp.sec + s.header.stamp.nanosec * 1e-9 for s in states]
+    assert np.allclose(np.diff(stamps[-10:]), 1.0 / robot.control_rate_hz, atol=1e-6)
+    assert abs(stamps[-1] - 30 / robot.control_rate_hz) < 1e-6  # 30 steps of sim time
+    assert clocks and clocks[-1].clock.sec + clocks[-1].clock.nanosec * 1e-9 > 0.5
