@@ -18,6 +18,13 @@ from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import ResetEpisode
 
 
+def _record(node: Node, msg_type, topic: str, kind: QosKind) -> list:
+    """Subscribe ``topic`` and return the list the messages are appended to."""
+    received: list = []
+    node.create_subscription(msg_type, topic, received.append, qos_profile(kind))
+    return received
+
+
 def _command(names, positions) -> JointTrajectory:
     msg = JointTrajectory(joint_names=list(names))
     msg.points = [JointTrajectoryPoint(positions=[float(p) for p in positions])]
@@ -34,15 +41,9 @@ def test_sim_node_obeys_commands_rejects_bad_ones_and_aborts_on_reset(
     )  # fmt: skip
     node = Node("sim_test_client", context=ros_context)
     executor.add_node(node)
-    states: list[JointState] = []
-    images: list[Image] = []
-    events: list[EpisodeEvent] = []
-    node.create_subscription(JointState, contract.JOINT_STATES, states.append,
-                             qos_profile(QosKind.SENSOR))  # fmt: skip
-    node.create_subscription(Image, contract.camera_topic("head"), images.append,
-                             qos_profile(QosKind.SENSOR))  # fmt: skip
-    node.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, events.append,
-                             qos_profile(QosKind.LATCHED))  # fmt: skip
+    states = _record(node, JointState, contract.JOINT_STATES, QosKind.SENSOR)
+    images = _record(node, Image, contract.camera_topic("head"), QosKind.SENSOR)
+    events = _record(node, EpisodeEvent, contract.EPISODE_EVENT, QosKind.LATCHED)
     command_pub = node.create_publisher(
         JointTrajectory, contract.JOINT_COMMAND, qos_profile(QosKind.COMMAND)
     )
@@ -99,14 +100,9 @@ def test_fast_pacing_steps_on_commands_publishes_clock_and_ends_episode(
     )  # fmt: skip
     node = Node("fast_sim_client", context=ros_context)
     executor.add_node(node)
-    clocks: list[Clock] = []
-    events: list[EpisodeEvent] = []
-    states: list[JointState] = []
-    node.create_subscription(Clock, contract.CLOCK, clocks.append, qos_profile(QosKind.SENSOR))
-    node.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, events.append,
-                             qos_profile(QosKind.LATCHED))  # fmt: skip
-    node.create_subscription(JointState, contract.JOINT_STATES, states.append,
-                             qos_profile(QosKind.SENSOR))  # fmt: skip
+    clocks = _record(node, Clock, contract.CLOCK, QosKind.SENSOR)
+    events = _record(node, EpisodeEvent, contract.EPISODE_EVENT, QosKind.LATCHED)
+    states = _record(node, JointState, contract.JOINT_STATES, QosKind.SENSOR)
     command_pub = node.create_publisher(
         JointTrajectory, contract.JOINT_COMMAND, qos_profile(QosKind.COMMAND)
     )

@@ -29,35 +29,19 @@ class QosKind(StrEnum):
     LATCHED = "latched"  # reliable + transient local: late joiners get the latest state
 
 
+_QOS: dict[QosKind, tuple[ReliabilityPolicy, DurabilityPolicy, int]] = {
+    QosKind.SENSOR: (ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE, 5),
+    QosKind.RELIABLE: (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE, 10),
+    QosKind.COMMAND: (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE, 2),
+    QosKind.LATCHED: (ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL, 10),
+}
+
+
 def qos_profile(kind: QosKind | str) -> QoSProfile:
     """Return the rclpy QoS profile for a contract QoS class."""
-    kind = QosKind(kind)
-    if kind is QosKind.SENSOR:
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=5,
-            reliability=ReliabilityPolicy.BEST_EFFORT,
-            durability=DurabilityPolicy.VOLATILE,
-        )
-    if kind is QosKind.RELIABLE:
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=10,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.VOLATILE,
-        )
-    if kind is QosKind.COMMAND:
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=10,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.VOLATILE,
-        )
+    reliability, durability, depth = _QOS[QosKind(kind)]
     return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=10,
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability, durability=durability
     )
 
 
