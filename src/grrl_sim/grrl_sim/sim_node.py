@@ -31,6 +31,7 @@ from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
 from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import ResetEpisode
+from grrl_sim.async_render import AsyncRenderer
 from grrl_sim.task import InsertionTask, TaskConfig
 
 
@@ -74,12 +75,14 @@ class SimNode(Node):
         self._task_config = TaskConfig(
             control_rate_hz=self.robot.control_rate_hz,
             episode_limit_steps=p["episode_limit_steps"],
-            obs_mode=p["obs_mode"],
+            obs_mode="state",  # cameras are rendered off the stepping thread (AsyncRenderer)
             camera_rate_hz=p["camera_rate_hz"],
             image_width=p["image_width"] or (camera.width if camera else 128),
             image_height=p["image_height"] or (camera.height if camera else 128),
         )
         self._pacing = p["pacing"]
+        self._render_images = p["obs_mode"] == "pixels"
+        self._renderer: AsyncRenderer | None = None
         self._fast_idle_s = p["fast_idle_s"]
         self._publish_clock = p["publish_clock"]
         self._lock = threading.Lock()
@@ -186,6 +189,14 @@ class SimNode(Node):
     def _loop(self, seed: int) -> None:
         try:
             self.task = InsertionTask(self._task_config, self.robot)
+            if self._render_images:
+                self._renderer = AsyncRenderer(
+                    self.task.model,
+                    {name: cam.sim_camera or name for name, cam in self.robot.cameras.items()},
+                    self._task_config.image_width,
+                    self._task_config.image_height,
+                    self._publish_frames,
+                )
             with self._lock:
                 self._reset(seed)
         except Exception as exc:  # surfaced by __init__
@@ -219,7 +230,8 @@ class SimNode(Node):
             if self._stop.is_set():
                 break
             self._step_once()
-        self.task.close()  # on this thread: it owns the rendering context
+        if self._renderer is not None:
+            self._renderer.close()
 
     def _step_once(self) -> None:
         with self._lock:
@@ -236,21 +248,29 @@ class SimNode(Node):
     def _publish_sensors(self) -> None:
         with self._lock:
             now = self.sim_time()
-            stamp = _stamp(now)
-            obs = self.task.observe()
+            positions = self.task.joint_positions()
+            velocities = self.task.joint_velocities()
+            frame_due = self._renderer is not None and (
+                self._last_frame_time is None
+                or now - self._last_frame_time >= 1.0 / self.task.config.camera_rate_hz - 1e-9
+            )
+            if frame_due:  # hand a copy of this state to the render thread
+                self._last_frame_time = now
+                self._renderer.submit(self.task.data, now)
+        stamp = _stamp(now)
         if self._publish_clock:
             self._clock_pub.publish(Clock(clock=stamp))
         joint_state = JointState(
-            name=self.robot.joint_names,
-            position=obs.joint_positions.tolist(),
-            velocity=obs.joint_velocities.tolist(),
+            name=self.robot.joint_names, position=positions.tolist(), velocity=velocities.tolist()
         )
         joint_state.header.stamp = stamp
         self._joint_pub.publish(joint_state)
-        if obs.images is not None and self.task.frame_time != self._last_frame_time:
-            self._last_frame_time = self.task.frame_time  # new frames were rendered
-            for name, image in obs.images.items():
-                self._image_pubs[name].publish(numpy_to_image(image, "rgb8", stamp, name))
+
+    def _publish_frames(self, stamp_s: float, frames: dict[str, np.ndarray]) -> None:
+        """On the render thread: publish one frame of every camera with the state's stamp."""
+        stamp = _stamp(stamp_s)
+        for name, image in frames.items():
+            self._image_pubs[name].publish(numpy_to_image(image, "rgb8", stamp, name))
 
     def _publish_event(self, kind: int, success: bool = False, note: str = "") -> None:
         event = EpisodeEvent(
