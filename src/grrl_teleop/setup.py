@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 package_name = "grrl_teleop"
@@ -9,6 +11,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -16,4 +19,10 @@ setup(
     maintainer_email="grrl@example.com",
     description="Teleop relay with retry-keyframe labelling and per-episode recorder.",
     license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "teleop_node = grrl_teleop.teleop_node:main",
+            "recorder_node = grrl_teleop.recorder_node:main",
+        ],
+    },
 )

@@ -25,6 +25,32 @@ def _up(args: argparse.Namespace) -> int:
     return run_nodes(factories, exit_when_done=args.exit_when_done, num_threads=args.threads)
 
 
+def _collect(args: argparse.Namespace) -> int:
+    """Record demonstrations: sim + scripted operator + teleop + recorder, in one process."""
+    from grrl_common.runtime import run_nodes
+
+    if not args.sim:
+        raise NodeListError("collect needs --sim (a real robot records with robot.launch.py)")
+    overrides = {
+        "sim_node": {"pacing": "fast", "obs_mode": args.obs},
+        "teleop_node": {"device": "scripted", "episodes": args.episodes, "seed": args.seed,
+                        "operator": args.operator, "use_sim_time": True},
+        "recorder_node": {"dataset_dir": str(args.out), "episodes": args.episodes,
+                          "use_sim_time": True},
+    }  # fmt: skip
+    entries = select(load_node_list(), ["sim", "teleop", "record"])
+    factories = []
+    for entry in entries:
+        cli_args = runner_cli_args(entry)
+        for name, value in overrides.get(entry.name, {}).items():
+            cli_args += [
+                "-p",
+                f"{name}:={str(value).lower() if isinstance(value, bool) else value}",
+            ]
+        factories.append((resolve_plugin(entry), cli_args))
+    return run_nodes(factories, exit_when_done=True)
+
+
 def _nodes(args: argparse.Namespace) -> int:
     """Print the node list."""
     for entry in load_node_list():
@@ -51,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit when every node that finishes (e.g. a prober, a recorder) is done",
     )
     up.set_defaults(func=_up)
+
+    collect = sub.add_parser("collect", help="record demonstrations (sim + scripted operator)")
+    collect.add_argument("--sim", action="store_true", help="on the embedded MuJoCo robot")
+    collect.add_argument("--episodes", type=int, default=20)
+    collect.add_argument("--out", default="demos", help="dataset directory")
+    collect.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    collect.add_argument("--obs", choices=["pixels", "state"], default="pixels")
+    collect.add_argument("--operator", choices=["noisy", "clean"], default="noisy")
+    collect.set_defaults(func=_collect)
 
     nodes = sub.add_parser("nodes", help="print the node list")
     nodes.add_argument("--groups", default="", help="only these groups")

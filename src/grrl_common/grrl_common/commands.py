@@ -49,3 +49,38 @@ def validate_joint_command(
     if np.any(positions < low) or np.any(positions > high):
         return None, "beyond limits: " + "; ".join(beyond[:3])
     return target, ""
+
+
+class CommandGate:
+    """The last line before the motors: limits, finiteness and a per-step rate bound.
+
+    ``check`` returns the accepted target or None with a reason; a rejected command leaves
+    the last accepted target in place (the robot holds).
+    """
+
+    def __init__(self, robot: RobotDescription, dt: float, speed_margin: float = 1.5) -> None:
+        self.robot = robot
+        self.max_step = robot.max_velocity * dt * speed_margin
+        self.last: np.ndarray | None = None
+
+    def reset(self, current: np.ndarray) -> None:
+        """Start from the robot's measured position (e.g. after an episode reset)."""
+        self.last = np.array(current, dtype=float)
+
+    def check(
+        self, names: Sequence[str], positions: Sequence[float]
+    ) -> tuple[np.ndarray | None, str]:
+        if self.last is None:
+            return None, "no joint state received yet"
+        target, error = validate_joint_command(self.robot, names, positions, self.last)
+        if target is None:
+            return None, error
+        jump = np.abs(target - self.last)
+        if np.any(jump > self.max_step):
+            worst = int(np.argmax(jump / self.max_step))
+            return None, (
+                f"too fast: {self.robot.joint_names[worst]} moves {jump[worst]:.3g} in one step "
+                f"(max {self.max_step[worst]:.3g})"
+            )
+        self.last = target
+        return target, ""

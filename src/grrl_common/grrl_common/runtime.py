@@ -6,6 +6,7 @@ and under the composed runner: same parameters, remappings, executor and shutdow
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import sys
@@ -16,7 +17,14 @@ from typing import Any
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import Executor, MultiThreadedExecutor
+from rclpy.executors import (
+    ConditionReachedException,
+    Executor,
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    ShutdownException,
+    TimeoutException,
+)
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
@@ -72,6 +80,40 @@ def spin_until(
     return True
 
 
+class GraphExecutor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor that hands each ready callback to its pool once.
+
+    rclpy 7.1's executor re-yields every task that is queued but not yet running, and its
+    MultiThreadedExecutor submits it again, at once: under load the pool's queue grows by
+    thousands of duplicates per second and the spinning thread starves all other threads of
+    the GIL (seen with the sim + teleop + recorder graph: ~1 control step per second). Here a
+    task already in the pool is not submitted again; the spinning thread instead waits, without
+    the GIL, until some queued callback finishes.
+    """
+
+    def __init__(self, num_threads: int | None = None, context: Context | None = None) -> None:
+        super().__init__(num_threads=num_threads, context=context)
+        self._in_pool: dict[int, tuple[Any, concurrent.futures.Future]] = {}
+
+    def _spin_once_impl(self, timeout_sec=None, wait_condition=lambda: False) -> None:
+        try:
+            handler, _, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
+        except (ExternalShutdownException, ShutdownException, TimeoutException,
+                ConditionReachedException):  # fmt: skip
+            return
+        for key, (task, future) in list(self._in_pool.items()):
+            if future.done():
+                del self._in_pool[key]
+                if task.done():
+                    task.result()  # raise what a callback raised, as rclpy does
+        if id(handler) in self._in_pool:
+            pending = [future for _, future in self._in_pool.values()]
+            wait = 0.05 if timeout_sec is None else max(0.0, min(timeout_sec, 0.05))
+            concurrent.futures.wait(pending, timeout=wait, return_when="FIRST_COMPLETED")
+            return
+        self._in_pool[id(handler)] = (handler, self._executor.submit(handler))
+
+
 class _StopRequest:
     """SIGINT/SIGTERM → stop flag; a second signal while stopping forces exit."""
 
@@ -122,7 +164,7 @@ def run_nodes(
     rclpy.init(args=rclpy_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
     logger = rclpy.logging.get_logger("grrl.runner")
     nodes: list[Node] = []
-    executor = MultiThreadedExecutor(num_threads=num_threads, context=context)
+    executor = GraphExecutor(num_threads=num_threads, context=context)
     try:
         for factory, cli_args in factories:
             node = factory(context=context, cli_args=cli_args)

@@ -31,6 +31,7 @@ class AsyncRenderer:
         self._rendering = mujoco.MjData(model)
         self._stamp = 0.0
         self._pending = False
+        self._busy = False
         self._closed = False
         self._changed = threading.Condition()
         self.frames_rendered = 0
@@ -47,7 +48,15 @@ class AsyncRenderer:
             mujoco.mj_copyData(self._staging, self._model, data)
             self._stamp = stamp
             self._pending = True
-            self._changed.notify()
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Block until the last submitted state has been rendered (for lockstep pacing)."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: (not self._pending and not self._busy) or not self._thread.is_alive(),
+                timeout,
+            )
 
     def _loop(self) -> None:
         width, height = self._size
@@ -63,13 +72,16 @@ class AsyncRenderer:
                     if self._closed:
                         return
                     self._staging, self._rendering = self._rendering, self._staging
-                    stamp, self._pending = self._stamp, False
+                    stamp, self._pending, self._busy = self._stamp, False, True
                 frames = {}
                 for name, camera in self._cameras.items():
                     renderer.update_scene(self._rendering, camera=camera)
                     frames[name] = renderer.render().copy()
                 self.frames_rendered += 1
                 self._on_frames(stamp, frames)
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
         finally:
             renderer.close()
 

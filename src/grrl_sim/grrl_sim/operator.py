@@ -104,6 +104,9 @@ class _Arm:
     jitter: np.ndarray = field(default_factory=lambda: np.zeros(3))
     jitter_scale: float = 1.0
     ik_error: float = 0.0
+    max_step: np.ndarray = field(default_factory=lambda: np.full(6, np.inf))
+    gripper_step: float = np.inf
+    gripper_command: float = GRIPPER_OPEN
 
 
 class ScriptedOperator:
@@ -134,6 +137,8 @@ class ScriptedOperator:
             self.arms[arm.name] = _Arm(
                 arm.name, ik, sl, base_yaw=0.0 if arm.name == "left" else np.pi
             )
+            self.arms[arm.name].max_step = robot.max_velocity[sl][:6] * task.control_dt
+            self.arms[arm.name].gripper_step = robot.max_velocity[sl][6] * task.control_dt
         self.mistakes: list[Mistake] = []
 
     # --- episode ---------------------------------------------------------------------------
@@ -149,6 +154,7 @@ class ScriptedOperator:
             arm.target_pos, arm.target_rot = arm.ik.forward(arm.q)
             arm.goal_pos, arm.goal_rot = arm.target_pos.copy(), arm.target_rot.copy()
             arm.gripper = GRIPPER_OPEN
+            arm.gripper_command = float(q[arm.joint_slice][6])
             arm.jitter = np.zeros(3)
             arm.speed = cfg.speed_m_s
         # Which mistakes this episode will contain (drawn up front: deterministic per seed).
@@ -176,8 +182,15 @@ class ScriptedOperator:
         for arm in self.arms.values():
             self._move_target(arm)
             pos = arm.target_pos + arm.jitter * arm.jitter_scale
-            arm.q, arm.ik_error = arm.ik.solve(arm.q, pos, arm.target_rot)
-            command[arm.joint_slice] = np.append(arm.q, arm.gripper)
+            q, arm.ik_error = arm.ik.solve(arm.q, pos, arm.target_rot)
+            # a hand cannot move a joint faster than the robot allows: near the wrist's
+            # singularity IK may ask for a sudden turn, which we spread over several steps
+            arm.q = arm.q + np.clip(q - arm.q, -arm.max_step, arm.max_step)
+            # fingers close over a few tenths of a second, not in one step
+            arm.gripper_command += np.clip(
+                arm.gripper - arm.gripper_command, -arm.gripper_step, arm.gripper_step
+            )
+            command[arm.joint_slice] = np.append(arm.q, arm.gripper_command)
         retry = self._pending_retry is not None and self.step >= self._pending_retry
         if retry:
             self._pending_retry = None

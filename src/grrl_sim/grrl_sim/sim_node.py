@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from grrl_common import contract
@@ -34,6 +36,8 @@ from grrl_msgs.srv import ResetEpisode
 from grrl_sim.async_render import AsyncRenderer
 from grrl_sim.task import InsertionTask, TaskConfig
 
+SIM_STATE_TOPIC = "/grrl/sim/state"
+
 
 def _stamp(seconds: float) -> Time:
     sec = int(seconds)
@@ -45,6 +49,9 @@ class SimNode(Node):
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__("sim_node", **node_kwargs)
+        # our callbacks take their own locks; one reentrant group lets a busy callback (IK,
+        # a bag flush) not stall the executor, which would otherwise spin on it
+        self._callbacks = ReentrantCallbackGroup()
         p = declare(
             self,
             [
@@ -104,16 +111,31 @@ class SimNode(Node):
             for name, cam in self.robot.cameras.items()
         }
         self._clock_pub = self.create_publisher(Clock, contract.CLOCK, qos_profile(QosKind.SENSOR))
+        # Sim-only ground truth (qpos of robot and objects): what the scripted operator "sees".
+        self._state_pub = self.create_publisher(
+            Float64MultiArray, SIM_STATE_TOPIC, qos_profile(QosKind.SENSOR)
+        )
         self._event_pub = self.create_publisher(
             EpisodeEvent, contract.EPISODE_EVENT, qos_profile(QosKind.LATCHED)
         )
         self.create_subscription(
-            JointTrajectory, contract.JOINT_COMMAND, self._on_command, qos_profile(QosKind.COMMAND)
+            JointTrajectory,
+            contract.JOINT_COMMAND,
+            self._on_command,
+            qos_profile(QosKind.COMMAND),
+            callback_group=self._callbacks,
         )
         self.create_subscription(
-            EpisodeEvent, contract.EPISODE_EVENT, self._on_event, qos_profile(QosKind.LATCHED)
+            EpisodeEvent,
+            contract.EPISODE_EVENT,
+            self._on_event,
+            qos_profile(QosKind.LATCHED),
+            callback_group=self._callbacks,
         )
-        self.create_service(ResetEpisode, contract.RESET_EPISODE_SERVICE, self._on_reset)
+        self.create_service(
+            ResetEpisode, contract.RESET_EPISODE_SERVICE, self._on_reset,
+            callback_group=self._callbacks,
+        )  # fmt: skip
 
         # The task lives on the stepping thread: MuJoCo's EGL rendering context is bound to
         # the thread that created it. Resets requested by the service are handed over to it.
@@ -256,7 +278,10 @@ class SimNode(Node):
             )
             if frame_due:  # hand a copy of this state to the render thread
                 self._last_frame_time = now
+                if self._pacing == "fast":
+                    self._renderer.wait_idle()  # recording: no frame may be dropped
                 self._renderer.submit(self.task.data, now)
+            qpos = self.task.data.qpos.tolist()
         stamp = _stamp(now)
         if self._publish_clock:
             self._clock_pub.publish(Clock(clock=stamp))
@@ -264,6 +289,7 @@ class SimNode(Node):
             name=self.robot.joint_names, position=positions.tolist(), velocity=velocities.tolist()
         )
         joint_state.header.stamp = stamp
+        self._state_pub.publish(Float64MultiArray(data=qpos))
         self._joint_pub.publish(joint_state)
 
     def _publish_frames(self, stamp_s: float, frames: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,277 @@
+"""teleop_node: relays an operator's commands to ``/grrl/joint_command`` and labels episodes.
+
+Input devices (parameter ``device``): ``scripted`` — the sim's scripted noisy operator, which
+reads the sim's ground-truth state (``/grrl/sim/state``) like a person looks at the scene and
+runs whole episodes by itself (``episodes``); ``leader``, ``gamepad``, ``keyboard`` — a person.
+Operator actions (start, retry keyframe, end with success/failure, abort) come from the device
+or from the ``StartEpisode``/``EndEpisode`` services and are published as ``EpisodeEvent``s.
+Every command passes the :class:`CommandGate` (joint names, finite values, limits, speed);
+rejected ones never reach the topic and the robot holds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import mujoco
+import numpy as np
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from grrl_common import contract
+from grrl_common.commands import CommandGate
+from grrl_common.contract import QosKind, qos_profile
+from grrl_common.parameters import Param, declare
+from grrl_common.robot import load_robot_description
+from grrl_common.runtime import node_main
+from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.srv import EndEpisode, ResetEpisode, StartEpisode
+from grrl_teleop.recorder_node import GROUND_TRUTH
+from grrl_teleop.session import Session, SessionError
+
+SIM_STATE_TOPIC = "/grrl/sim/state"
+
+
+class TeleopNode(Node):
+    """Operator → gate → ``/grrl/joint_command``; operator actions → ``EpisodeEvent``."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("teleop_node", **node_kwargs)
+        # our callbacks take their own locks; one reentrant group lets a busy callback (IK,
+        # a bag flush) not stall the executor, which would otherwise spin on it
+        self._callbacks = ReentrantCallbackGroup()
+        p = declare(
+            self,
+            [
+                Param("device", "scripted", "scripted | leader | gamepad | keyboard."),
+                Param("robot_description", "", "Robot description YAML ('' = the sim robot)."),
+                Param("instruction", "insert the peg into the socket", "Task instruction."),
+                Param("episodes", 0, "Scripted device: episodes to run, then finish (0 = none).",
+                      0, 10**6),
+                Param("seed", 0, "Scripted device: seed of the first episode.", 0, 2**31 - 1),
+                Param("operator", "noisy", "Scripted device: 'noisy' or 'clean' operator."),
+                Param("speed_margin", 1.5, "Reject commands faster than this × velocity limit.",
+                      1.0, 10.0),
+            ],
+        )  # fmt: skip
+        self.robot = load_robot_description(p["robot_description"] or None)
+        self._instruction = p["instruction"]
+        self._gate = CommandGate(self.robot, 1.0 / self.robot.control_rate_hz, p["speed_margin"])
+        self._session = Session()
+        self._lock = threading.Lock()
+        self.rejected_commands = 0
+        self.done = threading.Event()
+        self.exit_code = 0
+
+        self._command_pub = self.create_publisher(
+            JointTrajectory, contract.JOINT_COMMAND, qos_profile(QosKind.COMMAND)
+        )
+        latched = qos_profile(QosKind.LATCHED)
+        self._event_pub = self.create_publisher(EpisodeEvent, contract.EPISODE_EVENT, latched)
+        self._instruction_pub = self.create_publisher(String, contract.INSTRUCTION, latched)
+        self._truth_pub = self.create_publisher(String, GROUND_TRUTH, latched)
+        group = self._callbacks
+        self.create_subscription(
+            JointState,
+            contract.JOINT_STATES,
+            self._on_joint_state,
+            qos_profile(QosKind.SENSOR),
+            callback_group=group,
+        )
+        self.create_subscription(
+            EpisodeEvent, contract.EPISODE_EVENT, self._on_event, latched, callback_group=group
+        )
+        self.create_service(
+            StartEpisode, contract.START_EPISODE_SERVICE, self._on_start, callback_group=group
+        )
+        self.create_service(EndEpisode, contract.END_EPISODE_SERVICE, self._on_end,
+                            callback_group=group)  # fmt: skip
+        self._instruction_pub.publish(String(data=self._instruction))
+
+        self._device = p["device"]
+        if self._device == "scripted":
+            self._setup_scripted(p)
+        elif self._device in ("leader", "gamepad", "keyboard"):
+            raise ValueError(f"device {self._device!r}: not wired into teleop_node yet")
+        else:
+            raise ValueError(f"unknown device {self._device!r}")
+        self.get_logger().info(f"teleop with the {self._device} device")
+
+    # --- the scripted operator (sim) -------------------------------------------------------
+    def _setup_scripted(self, p: dict[str, Any]) -> None:
+        from grrl_sim.operator import OperatorConfig, ScriptedOperator
+        from grrl_sim.task import InsertionTask, TaskConfig
+
+        # A shadow of the simulated scene, synchronised from the sim's state every step: the
+        # operator looks at it (objects, grippers) to decide its next command.
+        self._shadow = InsertionTask(TaskConfig(), self.robot)
+        config = OperatorConfig.noisy() if p["operator"] == "noisy" else OperatorConfig.clean()
+        self._operator = ScriptedOperator(self._shadow, config)
+        self._episodes_wanted = p["episodes"]
+        self._next_seed = p["seed"]
+        self._episodes_done = 0
+        self._sim_qpos: np.ndarray | None = None
+        self._operator_running = False
+        self._reset_client = self.create_client(
+            ResetEpisode, contract.RESET_EPISODE_SERVICE, callback_group=self._callbacks
+        )
+        self.create_subscription(
+            Float64MultiArray, SIM_STATE_TOPIC, self._on_sim_state, qos_profile(QosKind.SENSOR),
+            callback_group=self._callbacks,
+        )  # fmt: skip
+        self._reset_pending = False
+        if self._episodes_wanted:
+            # wall clock: sim time stands still between episodes in fast pacing
+            self.create_timer(0.1, self._maybe_start_scripted_episode, self._callbacks,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME))  # fmt: skip
+
+    def _on_sim_state(self, msg: Float64MultiArray) -> None:
+        """Lockstep with the sim: one operator command per simulation state."""
+        with self._lock:
+            self._sim_qpos = np.asarray(msg.data)
+            self._scripted_step()
+
+    def _maybe_start_scripted_episode(self) -> None:
+        with self._lock:
+            busy = self._session.active or self._reset_pending
+        if busy or self.done.is_set() or not self._reset_client.service_is_ready():
+            return
+        if self._episodes_done >= self._episodes_wanted:
+            self.done.set()
+            return
+        with self._lock:
+            self._reset_pending = True
+        seed = self._next_seed
+        future = self._reset_client.call_async(ResetEpisode.Request(seed=seed))
+        future.add_done_callback(lambda f, seed=seed: self._on_reset_done(seed, f))
+
+    def _on_reset_done(self, seed: int, future: Any) -> None:
+        response = future.result()
+        if response is None or not response.ok:
+            self.get_logger().error(f"sim reset failed: {getattr(response, 'message', '?')}")
+            with self._lock:
+                self._reset_pending = False
+            return
+        with self._lock:
+            self._shadow.reset(seed)
+            self._operator.reset(seed)
+            self._gate.reset(self._shadow.home)
+            self._next_seed += 1
+            self._start_episode("")
+            self._truth_sent = None  # the first step publishes (an empty list of mistakes)
+            self._operator_running = True
+            self._reset_pending = False
+
+    def _scripted_step(self) -> None:
+        """The operator looks at the scene as the sim last published it and acts once."""
+        if not self._operator_running or self._sim_qpos is None:
+            return
+        shadow = self._shadow
+        if self._sim_qpos.shape == shadow.data.qpos.shape:
+            shadow.data.qpos[:] = self._sim_qpos
+            mujoco.mj_kinematics(shadow.model, shadow.data)
+        output = self._operator.act()
+        self._send(self.robot.joint_names, output.command)
+        if output.retry:
+            self._publish_event(EpisodeEvent.RETRY_KEYFRAME)
+            self._session.retry(self.get_clock().now().nanoseconds / 1e9)
+        # Ground truth goes out as it changes, so the recorder has it before the episode ends.
+        signature = [
+            (m.kind, m.start_step, m.retry_step, m.end_step) for m in self._operator.mistakes
+        ]
+        if signature != self._truth_sent:
+            self._truth_sent = signature
+            self._publish_truth(success=None)
+
+    # --- commands and events ---------------------------------------------------------------
+    def _on_joint_state(self, msg: JointState) -> None:
+        with self._lock:
+            if self._gate.last is None and len(msg.position) == self.robot.n_joints:
+                self._gate.reset(np.asarray(msg.position))
+
+    def _send(self, names: list[str], positions: np.ndarray) -> bool:
+        target, reason = self._gate.check(names, positions)
+        if target is None:
+            self.rejected_commands += 1
+            self.get_logger().error(
+                f"operator command rejected ({reason}); robot holds", throttle_duration_sec=1.0
+            )
+            return False
+        msg = JointTrajectory(joint_names=self.robot.joint_names)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.points = [JointTrajectoryPoint(positions=target.tolist())]
+        self._command_pub.publish(msg)
+        return True
+
+    def _publish_event(self, kind: int, success: bool = False, note: str = "") -> None:
+        event = EpisodeEvent(type=kind, episode_id=self._session.episode_id, success=success,
+                             source="teleop", note=note)  # fmt: skip
+        event.header.stamp = self.get_clock().now().to_msg()
+        self._event_pub.publish(event)
+
+    def _start_episode(self, episode_id: str) -> str:
+        episode_id = self._session.start(episode_id)
+        self._instruction_pub.publish(String(data=self._instruction))
+        self._publish_event(EpisodeEvent.START)
+        return episode_id
+
+    def _on_event(self, event: EpisodeEvent) -> None:
+        """The sim (or a success detector) ended the episode: close the session."""
+        if event.source == "teleop" or event.type not in (EpisodeEvent.END, EpisodeEvent.ABORT):
+            return
+        with self._lock:
+            if not self._session.active:
+                return
+            self._finish_scripted(event.success)
+            if event.episode_id != self._session.episode_id:
+                # re-publish under our id so that one id carries the whole episode
+                self._publish_event(event.type, event.success, f"{event.source}: {event.note}")
+            self._session.finish()
+
+    def _finish_scripted(self, success: bool) -> None:
+        if self._device != "scripted" or not self._operator_running:
+            return
+        self._operator_running = False
+        self._episodes_done += 1
+        self._publish_truth(success)
+
+    def _publish_truth(self, success: bool | None) -> None:
+        truth = {
+            "episode_id": self._session.episode_id,
+            "seed": self._shadow.seed,
+            "success": success,
+            "control_dt": self._shadow.control_dt,
+            "mistakes": [m.__dict__ for m in self._operator.mistakes],
+        }
+        self._truth_pub.publish(String(data=json.dumps(truth)))
+
+    def _on_start(self, request: StartEpisode.Request, response: StartEpisode.Response):
+        with self._lock:
+            try:
+                if request.instruction:
+                    self._instruction = request.instruction
+                response.episode_id = self._start_episode(request.episode_id)
+                response.ok, response.message = True, "started"
+            except SessionError as exc:
+                response.ok, response.message = False, str(exc)
+        return response
+
+    def _on_end(self, request: EndEpisode.Request, response: EndEpisode.Response):
+        with self._lock:
+            if not self._session.active:
+                response.ok, response.message = False, "no episode running"
+                return response
+            self._finish_scripted(request.success)
+            self._publish_event(EpisodeEvent.END, request.success, request.note)
+            response.episode_id = self._session.finish()
+            response.ok, response.message = True, "ended"
+        return response
+
+
+main = node_main(TeleopNode)

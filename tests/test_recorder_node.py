@@ -1,0 +1,125 @@
+"""recorder_node over DDS: episodes from events, keyframes at the pressed stamps, kill -9 safety;
+and ``grrl collect`` end to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from rclpy.node import Node
+from rosbags.rosbag2 import Reader
+from sensor_msgs.msg import JointState
+
+from grrl_common import contract
+from grrl_common.contract import QosKind, qos_profile
+from grrl_common.runtime import spin_until
+from grrl_msgs.msg import EpisodeEvent
+from grrl_teleop.recording import make_typestore
+
+
+def _event(node: Node, kind: int, episode_id: str, sec: int, success: bool = False):
+    event = EpisodeEvent(type=kind, episode_id=episode_id, success=success, source="test")
+    event.header.stamp.sec = sec
+    return event
+
+
+def _index(path) -> dict:
+    return {e["episode_id"]: e for e in json.loads((path / "index.json").read_text())["episodes"]}
+
+
+def test_recorder_keeps_finished_episodes_and_flushed_tail_after_kill_9(
+    tmp_path, executor, ros_context, start_process, executable_path
+):
+    recorder = start_process(
+        executable_path("grrl_teleop", "recorder_node"),
+        "--ros-args", "-p", f"dataset_dir:={tmp_path}", "-p", "segment_s:=0.2",
+        "-p", "status_period_s:=0.0",
+    )  # fmt: skip
+    assert recorder.wait_for("recording", timeout=30), recorder.text()
+    node = Node("recorder_test_client", context=ros_context)
+    executor.add_node(node)
+    events = node.create_publisher(EpisodeEvent, contract.EPISODE_EVENT,
+                                   qos_profile(QosKind.LATCHED))  # fmt: skip
+    states = node.create_publisher(JointState, contract.JOINT_STATES, qos_profile(QosKind.SENSOR))
+    assert spin_until(executor, lambda: states.get_subscription_count() > 0, 30)
+    assert spin_until(executor, lambda: events.get_subscription_count() > 0, 30)
+
+    # episode 1: start, two retry presses, a few joint states, end with success
+    events.publish(_event(node, EpisodeEvent.START, "ep1", 100))
+    assert recorder.wait_for("episode ep1: recording", timeout=10), recorder.text()
+    for i in range(20):
+        states.publish(JointState(name=["j"], position=[float(i)]))
+        executor.spin_once(timeout_sec=0.01)
+    events.publish(_event(node, EpisodeEvent.RETRY_KEYFRAME, "ep1", 101))
+    events.publish(_event(node, EpisodeEvent.RETRY_KEYFRAME, "ep1", 102))
+    events.publish(_event(node, EpisodeEvent.END, "ep1", 103, success=True))
+    assert recorder.wait_for("episode ep1: success", timeout=10), recorder.text()
+
+    # episode 2: killed (-9) while recording, after a few segments were flushed
+    events.publish(_event(node, EpisodeEvent.START, "ep2", 200))
+    assert recorder.wait_for("episode ep2: recording", timeout=10), recorder.text()
+    published = 0
+
+    def flushed() -> bool:
+        return any((tmp_path / "ep2").glob("ep2_1.mcap"))
+
+    while not flushed() and published < 2000:
+        states.publish(JointState(name=["j"], position=[float(published)]))
+        published += 1
+        executor.spin_once(timeout_sec=0.005)
+    assert flushed(), "the recorder flushed no segment"
+    recorder.process.send_signal(signal.SIGKILL)
+    recorder.process.wait(timeout=10)
+
+    index = _index(tmp_path)
+    assert index["ep1"]["complete"] and index["ep1"]["success"] is True
+    assert index["ep1"]["retry_keyframes_ns"] == [101 * 10**9, 102 * 10**9]
+    assert index["ep2"]["complete"] is False  # cut short: marked incomplete
+
+    store = make_typestore()
+    with Reader(tmp_path / "ep1") as reader:
+        kinds = [store.deserialize_cdr(raw, c.msgtype).type for c, _, raw in reader.messages()
+                 if c.topic == contract.EPISODE_EVENT]  # fmt: skip
+        assert kinds == [EpisodeEvent.START, 1, 1, EpisodeEvent.END]
+        assert sum(1 for c, _, _ in reader.messages() if c.topic == contract.JOINT_STATES) > 0
+    with Reader(tmp_path / "ep2") as reader:  # readable up to its last flushed segment
+        positions = [
+            store.deserialize_cdr(raw, c.msgtype).position[0]
+            for c, _, raw in reader.messages()
+            if c.topic == contract.JOINT_STATES
+        ]
+    assert 0 < len(positions) <= published
+    assert positions == sorted(positions)  # an unbroken prefix of what was published
+
+
+def test_grrl_collect_records_sim_episodes(tmp_path, start_process, executable_path):
+    out = tmp_path / "demos"
+    collect = start_process(
+        executable_path("grrl_bringup", "grrl"),
+        "collect", "--sim", "--episodes", "3", "--out", str(out), "--obs", "state", "--seed", "1",
+    )  # fmt: skip
+    assert collect.process.wait(timeout=300) == 0, collect.text()
+    index = _index(out)
+    assert len(index) == 3 and all(e["complete"] for e in index.values())
+    store = make_typestore()
+    for record in index.values():
+        assert record["success"] in (True, False)
+        with Reader(out / record["bag"]) as reader:
+            topics = {c.topic for c in reader.connections}
+            assert {contract.JOINT_STATES, contract.JOINT_COMMAND, contract.EPISODE_EVENT,
+                    "/grrl/sim/ground_truth"} <= topics  # fmt: skip
+            retries = [
+                event.header.stamp.sec * 10**9 + event.header.stamp.nanosec
+                for c, _, raw in reader.messages()
+                if c.topic == contract.EPISODE_EVENT
+                for event in [store.deserialize_cdr(raw, c.msgtype)]
+                if event.type == EpisodeEvent.RETRY_KEYFRAME
+            ]
+            assert retries == record["retry_keyframes_ns"]
+            truths = [
+                json.loads(store.deserialize_cdr(raw, c.msgtype).data)
+                for c, _, raw in reader.messages()
+                if c.topic == "/grrl/sim/ground_truth"
+            ]
+            assert len([m for m in truths[-1]["mistakes"] if m["retry_step"] >= 0]) == len(retries)
+    assert sum(e["success"] for e in index.values()) >= 2
