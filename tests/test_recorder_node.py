@@ -123,3 +123,64 @@ def test_grrl_collect_records_sim_episodes(tmp_path, start_process, executable_p
             ]
             assert len([m for m in truths[-1]["mistakes"] if m["retry_step"] >= 0]) == len(retries)
     assert sum(e["success"] for e in index.values()) >= 2
+
+
+def test_gamepad_teleop_moves_the_sim_and_labels_the_episode(
+    executor, ros_context, start_process, executable_path
+):
+    from sensor_msgs.msg import Joy
+    from trajectory_msgs.msg import JointTrajectory
+
+    sim = start_process(executable_path("grrl_sim", "sim_node"),
+                        "--ros-args", "-p", "obs_mode:=state")  # fmt: skip
+    teleop = start_process(executable_path("grrl_teleop", "teleop_node"),
+                           "--ros-args", "-p", "device:=gamepad")  # fmt: skip
+    assert teleop.wait_for("teleop with the gamepad device", timeout=30), teleop.text()
+    node = Node("gamepad_test", context=ros_context)
+    executor.add_node(node)
+    joy = node.create_publisher(Joy, "/joy", qos_profile(QosKind.SENSOR))
+    commands: list[JointTrajectory] = []
+    events: list[EpisodeEvent] = []
+    node.create_subscription(JointTrajectory, contract.JOINT_COMMAND, commands.append,
+                             qos_profile(QosKind.COMMAND))  # fmt: skip
+    node.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, events.append,
+                             qos_profile(QosKind.LATCHED))  # fmt: skip
+    assert spin_until(executor, lambda: joy.get_subscription_count() > 0, 30)
+    assert teleop.wait_for("operator commands enabled", timeout=30), teleop.text()
+
+    def press(axes=(0.0,) * 8, buttons=(0,) * 11, steps=5):
+        for _ in range(steps):
+            joy.publish(Joy(axes=list(axes), buttons=list(buttons)))
+            executor.spin_once(timeout_sec=0.02)
+
+    press()  # the first message only sets the button state
+    start = [0] * 11
+    start[7] = 1
+    press(buttons=start)
+    press()
+    assert spin_until(executor, lambda: any(e.type == EpisodeEvent.START for e in events), 10)
+    stick = [0.0] * 8
+    stick[0] = 1.0  # left stick held: the waist of the active (left) arm turns at 0.8 rad/s
+
+    def held_until_turned() -> bool:
+        joy.publish(Joy(axes=stick, buttons=[0] * 11))
+        return len(commands) > 1 and (
+            commands[-1].points[0].positions[waist] > commands[0].points[0].positions[waist] + 0.1
+        )
+
+    waist = 0  # left_waist: first in the robot description's order
+    assert spin_until(executor, held_until_turned, 10, step_sec=0.02), teleop.text()
+    assert commands[0].joint_names[waist] == "left_waist"
+    press()  # stick released: an idle pad sends no targets
+    spin_until(executor, lambda: False, 0.3)  # let commands already in flight arrive
+    sent = len(commands)
+    press(axes=[float("nan")] * 8, steps=5)  # malformed input: nothing reaches the robot
+    spin_until(executor, lambda: False, 0.3)  # absence of messages needs a time window
+    assert len(commands) == sent, teleop.text()
+    assert "gamepad:" in teleop.text()  # the rejection was reported
+    end = [0] * 11
+    end[0] = 1  # A: end with success
+    press(buttons=end)
+    assert spin_until(executor, lambda: any(e.type == EpisodeEvent.END and e.success
+                                            for e in events), 10)  # fmt: skip
+    assert sim.process.poll() is None

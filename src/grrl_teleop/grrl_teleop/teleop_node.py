@@ -12,6 +12,8 @@ rejected ones never reach the topic and the robot holds.
 from __future__ import annotations
 
 import json
+import os
+import select
 import threading
 from typing import Any
 
@@ -20,7 +22,8 @@ import numpy as np
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from rclpy.utilities import ok as rclpy_ok
+from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -58,6 +61,9 @@ class TeleopNode(Node):
                 Param("operator", "noisy", "Scripted device: 'noisy' or 'clean' operator."),
                 Param("speed_margin", 1.5, "Reject commands faster than this × velocity limit.",
                       1.0, 10.0),
+                Param("device_map", "", "Device map YAML ('' = the package's default)."),
+                Param("leader_topic", "/leader/joint_states", "Leader arms' JointState topic."),
+                Param("joy_topic", "/joy", "Gamepad's sensor_msgs/Joy topic."),
             ],
         )  # fmt: skip
         self.robot = load_robot_description(p["robot_description"] or None)
@@ -95,13 +101,107 @@ class TeleopNode(Node):
         self._instruction_pub.publish(String(data=self._instruction))
 
         self._device = p["device"]
+        self._keyboard_thread: threading.Thread | None = None
         if self._device == "scripted":
             self._setup_scripted(p)
         elif self._device in ("leader", "gamepad", "keyboard"):
-            raise ValueError(f"device {self._device!r}: not wired into teleop_node yet")
+            self._setup_human_device(p)
         else:
             raise ValueError(f"unknown device {self._device!r}")
         self.get_logger().info(f"teleop with the {self._device} device")
+
+    # --- a person's input device -----------------------------------------------------------
+    def _setup_human_device(self, p: dict[str, Any]) -> None:
+        from grrl_teleop import devices
+
+        path = p["device_map"] or str(devices.default_map_path(self._device))
+        mapping = devices.load_device_map(path)
+        group = self._callbacks
+        if self._device == "leader":
+            self._human = devices.LeaderArmsDevice(self.robot, mapping)
+            self.create_subscription(JointState, p["leader_topic"], self._on_leader,
+                                     qos_profile(QosKind.SENSOR), callback_group=group)  # fmt: skip
+        elif self._device == "gamepad":
+            self._human = devices.GamepadDevice(self.robot, mapping)
+            self.create_subscription(Joy, p["joy_topic"], self._on_joy,
+                                     qos_profile(QosKind.SENSOR), callback_group=group)  # fmt: skip
+        else:
+            self._human = devices.KeyboardDevice(self.robot, mapping)
+            self._keys: list[str] = []
+            self._keyboard_thread = threading.Thread(target=self._read_terminal, daemon=True)
+            self._keyboard_thread.start()
+            self.create_timer(1.0 / self.robot.control_rate_hz, self._on_keys, group)
+            self.get_logger().info(self._human.describe())
+
+    def _current(self) -> np.ndarray | None:
+        return None if self._gate.last is None else self._gate.last.copy()
+
+    def _on_leader(self, msg: JointState) -> None:
+        self._apply_device(lambda current: self._human.update(
+            list(msg.name), list(msg.position), current))  # fmt: skip
+
+    def _on_joy(self, msg: Joy) -> None:
+        now = self.get_clock().now().nanoseconds / 1e9
+        self._apply_device(lambda current: self._human.update(
+            list(msg.axes), list(msg.buttons), now, current))  # fmt: skip
+
+    def _on_keys(self) -> None:
+        with self._lock:
+            keys, self._keys = "".join(self._keys), []
+        if keys:
+            self._apply_device(lambda current: self._human.update(keys, current))
+
+    def _read_terminal(self) -> None:
+        """Raw key presses from the controlling terminal (the keyboard device)."""
+        import sys
+        import termios
+        import tty
+
+        if not sys.stdin.isatty():
+            self.get_logger().error("keyboard device: stdin is not a terminal, no keys to read")
+            return
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        try:
+            tty.setcbreak(fd)
+            while rclpy_ok(context=self.context):
+                if select.select([fd], [], [], 0.1)[0]:  # wake up to notice shutdown
+                    char = os.read(fd, 8).decode(errors="ignore")
+                    with self._lock:
+                        self._keys.append(char)
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    def _apply_device(self, update: Any) -> None:
+        from grrl_teleop.devices import DeviceError, OperatorAction
+
+        with self._lock:
+            current = self._current()
+            if current is None:
+                return  # no joint state yet: nothing to be relative to
+            try:
+                output = update(current)
+            except DeviceError as exc:
+                self.get_logger().error(f"{self._device}: {exc}", throttle_duration_sec=1.0)
+                return
+            if output.target is not None:
+                self._send(self.robot.joint_names, output.target)
+            for action in output.actions:
+                try:
+                    if action is OperatorAction.START:
+                        self._start_episode("")
+                    elif action is OperatorAction.RETRY:
+                        self._session.retry(self.get_clock().now().nanoseconds / 1e9)
+                        self._publish_event(EpisodeEvent.RETRY_KEYFRAME)
+                    elif action in (OperatorAction.END_SUCCESS, OperatorAction.END_FAILURE):
+                        success = action is OperatorAction.END_SUCCESS
+                        self._publish_event(EpisodeEvent.END, success, "operator")
+                        self._session.finish()
+                    elif action is OperatorAction.ABORT:
+                        self._publish_event(EpisodeEvent.ABORT, note="operator")
+                        self._session.finish()
+                except SessionError as exc:
+                    self.get_logger().warning(f"{action.value}: {exc}")
 
     # --- the scripted operator (sim) -------------------------------------------------------
     def _setup_scripted(self, p: dict[str, Any]) -> None:
@@ -194,6 +294,7 @@ class TeleopNode(Node):
         with self._lock:
             if self._gate.last is None and len(msg.position) == self.robot.n_joints:
                 self._gate.reset(np.asarray(msg.position))
+                self.get_logger().info("robot state received: operator commands enabled")
 
     def _send(self, names: list[str], positions: np.ndarray) -> bool:
         target, reason = self._gate.check(names, positions)
