@@ -71,6 +71,10 @@ PROGRESS = "/grrl/progress"
 POLICY_UPDATE = "/grrl/policy_update"
 MARKERS = "/grrl/markers"
 CLOCK = "/clock"
+# Sim-only ground truth, never read by training code: the full MuJoCo state (what the scripted
+# operator "sees") and the spans of the operator's injected mistakes (for scoring the critic).
+SIM_STATE = "/grrl/sim/state"
+SIM_GROUND_TRUTH = "/grrl/sim/ground_truth"
 
 START_EPISODE_SERVICE = "/grrl/start_episode"
 END_EPISODE_SERVICE = "/grrl/end_episode"

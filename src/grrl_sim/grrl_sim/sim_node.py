@@ -36,8 +36,6 @@ from grrl_msgs.srv import ResetEpisode
 from grrl_sim.async_render import AsyncRenderer
 from grrl_sim.task import InsertionTask, TaskConfig
 
-SIM_STATE_TOPIC = "/grrl/sim/state"
-
 
 def _stamp(seconds: float) -> Time:
     sec = int(seconds)
@@ -113,7 +111,7 @@ class SimNode(Node):
         self._clock_pub = self.create_publisher(Clock, contract.CLOCK, qos_profile(QosKind.SENSOR))
         # Sim-only ground truth (qpos of robot and objects): what the scripted operator "sees".
         self._state_pub = self.create_publisher(
-            Float64MultiArray, SIM_STATE_TOPIC, qos_profile(QosKind.SENSOR)
+            Float64MultiArray, contract.SIM_STATE, qos_profile(QosKind.SENSOR)
         )
         self._event_pub = self.create_publisher(
             EpisodeEvent, contract.EPISODE_EVENT, qos_profile(QosKind.LATCHED)

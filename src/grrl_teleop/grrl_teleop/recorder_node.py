@@ -29,8 +29,6 @@ from grrl_common.runtime import node_main
 from grrl_msgs.msg import EpisodeEvent
 from grrl_teleop.recording import DatasetIndex, EpisodeBagWriter, EpisodeRecord, make_typestore
 
-GROUND_TRUTH = "/grrl/sim/ground_truth"  # sim-only: mistake spans for scoring, never training
-
 
 class RecorderNode(Node):
     """Writes every contract topic (and the sim's ground truth) into per-episode bags."""
@@ -48,7 +46,8 @@ class RecorderNode(Node):
                       0.05, 60.0),
                 Param("episodes", 0, "Finish after this many closed episodes (0 = never).",
                       0, 10**6),
-                Param("record_ground_truth", True, f"Also record {GROUND_TRUTH} (sim only)."),
+                Param("record_ground_truth", True,
+                      f"Also record {contract.SIM_GROUND_TRUTH} (sim only)."),
                 Param("status_period_s", 1.0, "Status line period (0 = off).", 0.0, 60.0),
                 Param("robot_description", "", "Robot description YAML ('' = the sim robot)."),
             ],
@@ -74,7 +73,9 @@ class RecorderNode(Node):
             if camera.topic not in {t.name for t in topics}:
                 topics.append(TopicSpec(camera.topic, "sensor_msgs/msg/Image", QosKind.SENSOR))
         if p["record_ground_truth"]:
-            topics.append(TopicSpec(GROUND_TRUTH, "std_msgs/msg/String", QosKind.LATCHED))
+            topics.append(
+                TopicSpec(contract.SIM_GROUND_TRUTH, "std_msgs/msg/String", QosKind.LATCHED)
+            )
         self._topics = {t.name: t for t in topics}
         for spec in topics:
             msg_type = import_interface(spec.type_name)

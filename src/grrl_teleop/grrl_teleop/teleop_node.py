@@ -35,10 +35,7 @@ from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
 from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import EndEpisode, ResetEpisode, StartEpisode
-from grrl_teleop.recorder_node import GROUND_TRUTH
 from grrl_teleop.session import Session, SessionError
-
-SIM_STATE_TOPIC = "/grrl/sim/state"
 
 
 class TeleopNode(Node):
@@ -81,7 +78,7 @@ class TeleopNode(Node):
         latched = qos_profile(QosKind.LATCHED)
         self._event_pub = self.create_publisher(EpisodeEvent, contract.EPISODE_EVENT, latched)
         self._instruction_pub = self.create_publisher(String, contract.INSTRUCTION, latched)
-        self._truth_pub = self.create_publisher(String, GROUND_TRUTH, latched)
+        self._truth_pub = self.create_publisher(String, contract.SIM_GROUND_TRUTH, latched)
         group = self._callbacks
         self.create_subscription(
             JointState,
@@ -222,7 +219,7 @@ class TeleopNode(Node):
             ResetEpisode, contract.RESET_EPISODE_SERVICE, callback_group=self._callbacks
         )
         self.create_subscription(
-            Float64MultiArray, SIM_STATE_TOPIC, self._on_sim_state, qos_profile(QosKind.SENSOR),
+            Float64MultiArray, contract.SIM_STATE, self._on_sim_state, qos_profile(QosKind.SENSOR),
             callback_group=self._callbacks,
         )  # fmt: skip
         self._reset_pending = False
