@@ -40,14 +40,14 @@ def validate_joint_command(
     target = np.array(current, dtype=float, copy=True)
     idx = np.array([index[n] for n in names])
     target[idx] = positions
-    low, high = robot.lower[idx] - LIMIT_TOLERANCE, robot.upper[idx] + LIMIT_TOLERANCE
-    beyond = [
-        f"{n}={p:.4g} not in [{lo:.4g}, {hi:.4g}]"
-        for n, p, lo, hi in zip(names, positions, robot.lower[idx], robot.upper[idx], strict=True)
-        if not (lo - LIMIT_TOLERANCE <= p <= hi + LIMIT_TOLERANCE)
-    ]
-    if np.any(positions < low) or np.any(positions > high):
-        return None, "beyond limits: " + "; ".join(beyond[:3])
+    lower, upper = robot.lower[idx], robot.upper[idx]
+    outside = (positions < lower - LIMIT_TOLERANCE) | (positions > upper + LIMIT_TOLERANCE)
+    if outside.any():
+        beyond = [
+            f"{names[i]}={positions[i]:.4g} not in [{lower[i]:.4g}, {upper[i]:.4g}]"
+            for i in np.flatnonzero(outside)[:3]
+        ]
+        return None, "beyond limits: " + "; ".join(beyond)
     return target, ""
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import mujoco
 import numpy as np
 
-from grrl_sim.ik import ArmIK
+from grrl_sim.ik import ArmIK, rotation_error
 from grrl_sim.task import InsertionTask
 
 GRIPPER_OPEN = 0.05
@@ -432,14 +433,10 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _rotvec(rot: np.ndarray) -> np.ndarray:
-    from grrl_sim.ik import rotation_error
-
     return rotation_error(rot, np.eye(3))
 
 
 def _rotmat(rotvec: np.ndarray) -> np.ndarray:
-    import mujoco
-
     quat = np.empty(4)
     angle = np.linalg.norm(rotvec)
     mujoco.mju_axisAngle2Quat(quat, rotvec / angle if angle > 0 else np.array([1.0, 0, 0]), angle)

@@ -235,22 +235,19 @@ class InsertionTask:
         return StepResult(self.observe(), stages, success, success or timeout, timeout)
 
     # --- observations ----------------------------------------------------------------------
-    def joint_positions(self) -> np.ndarray:
-        q = np.empty((len(self.robot.arms), 7))
-        q[:, :6] = self.data.qpos[self._arm_qpos]
+    def _robot_vector(self, values: np.ndarray, arm: np.ndarray, fingers: np.ndarray) -> np.ndarray:
+        """Robot-order vector (per arm: 6 joints + gripper) from MuJoCo qpos or qvel."""
+        out = np.empty((len(self.robot.arms), 7))
+        out[:, :6] = values[arm]
         # the two fingers move symmetrically; report their mean opening
-        q[:, 6] = 0.5 * (
-            self.data.qpos[self._finger_qpos[:, 0]] - self.data.qpos[self._finger_qpos[:, 1]]
-        )
-        return q.reshape(-1)
+        out[:, 6] = 0.5 * (values[fingers[:, 0]] - values[fingers[:, 1]])
+        return out.reshape(-1)
+
+    def joint_positions(self) -> np.ndarray:
+        return self._robot_vector(self.data.qpos, self._arm_qpos, self._finger_qpos)
 
     def joint_velocities(self) -> np.ndarray:
-        v = np.empty((len(self.robot.arms), 7))
-        v[:, :6] = self.data.qvel[self._arm_dof]
-        v[:, 6] = 0.5 * (
-            self.data.qvel[self._finger_dof[:, 0]] - self.data.qvel[self._finger_dof[:, 1]]
-        )
-        return v.reshape(-1)
+        return self._robot_vector(self.data.qvel, self._arm_dof, self._finger_dof)
 
     def object_poses(self) -> np.ndarray:
         peg = self.data.qpos[self._peg_joint.qposadr[0] : self._peg_joint.qposadr[0] + 7]

@@ -181,10 +181,9 @@ class RecorderNode(Node):
             elapsed = time.monotonic() - self._started_wall if record else 0.0
             counts = dict(self._bag.counts) if self._bag else {}
         period = self.get_parameter("status_period_s").value or 1.0
-        cams = [c for c in self.robot.cameras.values()]
         dropped = 0
         if record is not None:
-            for cam in cams:
+            for cam in self.robot.cameras.values():
                 expected = int(elapsed * cam.rate_hz)
                 got = counts[cam.topic].messages if cam.topic in counts else 0
                 dropped += max(0, expected - got - 1)
