@@ -12,6 +12,7 @@ from grrl_bringup.node_list import (
     runner_cli_args,
     select,
 )
+from grrl_common.errors import run_cli
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--operator", choices=["noisy", "clean"], default="noisy")
     collect.set_defaults(func=_collect)
 
+    from grrl_learner.cli import add_eval, add_train_bc
+
+    add_train_bc(sub)
+    add_eval(sub)
+
     nodes = sub.add_parser("nodes", help="print the node list")
     nodes.add_argument("--groups", default="", help="only these groups")
     nodes.set_defaults(func=_nodes)
@@ -95,11 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except NodeListError as exc:
-        print(f"grrl: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(args.func, args)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ from typing import Any
 
 import yaml
 
+from grrl_common.errors import GrrlError
 from grrl_common.runtime import ros_arguments
 
 PACKAGE = "grrl_bringup"
 _REQUIRED = ("name", "package", "executable", "plugin", "groups")
 
 
-class NodeListError(ValueError):
+class NodeListError(GrrlError, ValueError):
     """The node list file is malformed; the message names the entry and the problem."""
 
 

@@ -12,13 +12,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
-
 
 class QosKind(StrEnum):
     """The QoS classes the contract uses."""
@@ -29,19 +22,29 @@ class QosKind(StrEnum):
     LATCHED = "latched"  # reliable + transient local: late joiners get the latest state
 
 
-_QOS: dict[QosKind, tuple[ReliabilityPolicy, DurabilityPolicy, int]] = {
-    QosKind.SENSOR: (ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE, 5),
-    QosKind.RELIABLE: (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE, 10),
-    QosKind.COMMAND: (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE, 2),
-    QosKind.LATCHED: (ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL, 10),
+# (reliable?, transient local?, depth) per class
+_QOS: dict[QosKind, tuple[bool, bool, int]] = {
+    QosKind.SENSOR: (False, False, 5),
+    QosKind.RELIABLE: (True, False, 10),
+    QosKind.COMMAND: (True, False, 2),
+    QosKind.LATCHED: (True, True, 10),
 }
 
 
-def qos_profile(kind: QosKind | str) -> QoSProfile:
-    """Return the rclpy QoS profile for a contract QoS class."""
-    reliability, durability, depth = _QOS[QosKind(kind)]
+def qos_profile(kind: QosKind | str) -> Any:
+    """Return the rclpy QoS profile for a contract QoS class.
+
+    rclpy is imported here, not at module level, so that ROS-free cores (a training process
+    reading bags) can use the topic names without a ROS install.
+    """
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    reliable, latched, depth = _QOS[QosKind(kind)]
     return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability, durability=durability
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
     )
 
 
@@ -70,6 +73,10 @@ EPISODE_EVENT = "/grrl/episode_event"
 PROGRESS = "/grrl/progress"
 POLICY_UPDATE = "/grrl/policy_update"
 MARKERS = "/grrl/markers"
+# Object poses from a pose tracker (mocap, fiducials; the sim publishes ground truth): the
+# observation of `state`-mode policies. PoseArray in the world frame, objects in the order the
+# task names them (frame_id "world"; the sim's order is peg, socket).
+OBJECT_POSES = "/grrl/object_poses"
 CLOCK = "/clock"
 # Sim-only ground truth, never read by training code: the full MuJoCo state (what the scripted
 # operator "sees") and the spans of the operator's injected mistakes (for scoring the critic).
@@ -90,6 +97,7 @@ CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(PROGRESS, "grrl_msgs/msg/Progress", QosKind.RELIABLE),
     TopicSpec(POLICY_UPDATE, "grrl_msgs/msg/PolicyUpdate", QosKind.LATCHED),
     TopicSpec(MARKERS, "visualization_msgs/msg/MarkerArray", QosKind.RELIABLE),
+    TopicSpec(OBJECT_POSES, "geometry_msgs/msg/PoseArray", QosKind.SENSOR),
 )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseArray
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -37,9 +38,20 @@ from grrl_sim.async_render import AsyncRenderer
 from grrl_sim.task import InsertionTask, TaskConfig
 
 
+def _pose(row: np.ndarray) -> Pose:
+    """(x, y, z, qw, qx, qy, qz) → geometry_msgs/Pose."""
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in row[:3])
+    o = pose.orientation
+    o.w, o.x, o.y, o.z = (float(v) for v in row[3:7])
+    return pose
+
+
 def _stamp(seconds: float) -> Time:
-    sec = int(seconds)
-    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    # round the whole value once: rounding only the fraction can give 10⁹ ns, and wrapping that
+    # to 0 without a carry would stamp a message a second early
+    sec, nanosec = divmod(round(seconds * 1e9), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 class SimNode(Node):
@@ -113,6 +125,7 @@ class SimNode(Node):
         self._state_pub = self.create_publisher(
             Float64MultiArray, contract.SIM_STATE, qos_profile(QosKind.SENSOR)
         )
+        self._poses_pub = self.create_publisher(PoseArray, contract.OBJECT_POSES, sensor)
         self._event_pub = self.create_publisher(
             EpisodeEvent, contract.EPISODE_EVENT, qos_profile(QosKind.LATCHED)
         )
@@ -280,6 +293,7 @@ class SimNode(Node):
                     self._renderer.wait_idle()  # recording: no frame may be dropped
                 self._renderer.submit(self.task.data, now)
             qpos = self.task.data.qpos.tolist()
+            object_poses = self.task.object_poses().reshape(-1, 7)
         stamp = _stamp(now)
         if self._publish_clock:
             self._clock_pub.publish(Clock(clock=stamp))
@@ -287,7 +301,11 @@ class SimNode(Node):
             name=self.robot.joint_names, position=positions.tolist(), velocity=velocities.tolist()
         )
         joint_state.header.stamp = stamp
+        poses = PoseArray(poses=[_pose(row) for row in object_poses])
+        poses.header.stamp = stamp
+        poses.header.frame_id = "world"
         self._state_pub.publish(Float64MultiArray(data=qpos))
+        self._poses_pub.publish(poses)
         self._joint_pub.publish(joint_state)
 
     def _publish_frames(self, stamp_s: float, frames: dict[str, np.ndarray]) -> None:

@@ -135,3 +135,12 @@ def test_pixels_mode_renders_three_cameras_at_camera_rate():
         assert obs.images["head"].std() > 5  # a real picture, not a blank buffer
     finally:
         task.close()
+
+
+def test_sim_stamps_carry_into_seconds():
+    from grrl_sim.sim_node import _stamp
+
+    for seconds in (10.9999999999, 0.02 * 550, 3.0, 0.0):
+        stamp = _stamp(seconds)
+        assert 0 <= stamp.nanosec < 1_000_000_000
+        assert abs(stamp.sec + stamp.nanosec * 1e-9 - seconds) < 1e-9

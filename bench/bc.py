@@ -1,0 +1,83 @@
+"""BC benchmark: scripted demos (state obs) → ``grrl train-bc`` → ``grrl eval``; one JSON line.
+
+    python bench/bc.py --operator clean --episodes 200 --minutes 20
+    python bench/bc.py --operator noisy --episodes 200 --minutes 20   # "BC on all data"
+
+Demos are recorded through the real ROS graph (``grrl collect``: sim + teleop + recorder) into
+``--work`` and reused when already there. Training runs under a wall-time budget
+(``--minutes``); the policy is then evaluated on ``--eval-episodes`` held-out seeds through the
+deployment smoother. Figures: success with its Wilson 95 % CI, per-stage success, train
+minutes and steps, collect minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench/bc.py: {' '.join(argv)} failed with status {result.returncode}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--operator", choices=["clean", "noisy"], default="clean")
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--minutes", type=float, default=20.0, help="training wall-time budget")
+    parser.add_argument("--steps", type=int, default=30_000, help="schedule length (steps)")
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--work", default="runs/bench_bc", help="demos and checkpoints here")
+    parser.add_argument("--train-args", default="", help="extra train-bc arguments")
+    args = parser.parse_args()
+
+    grrl = shutil.which("grrl")
+    if grrl is None:
+        sys.exit("bench/bc.py: grrl is not on PATH (source env.sh)")
+    work = Path(args.work)
+    data = work / f"{args.operator}{args.episodes}"
+    collect_minutes = 0.0
+    if not (data / "index.json").exists():
+        started = time.monotonic()
+        run([grrl, "collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
+             "--operator", args.operator, "--seed", "0", "--out", str(data)])  # fmt: skip
+        collect_minutes = (time.monotonic() - started) / 60
+    ckpt = work / f"policy_{args.operator}{args.episodes}"
+    started = time.monotonic()
+    run([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
+         "--steps", str(args.steps), "--max-minutes", str(args.minutes),
+         *args.train_args.split()])  # fmt: skip
+    train_minutes = (time.monotonic() - started) / 60
+    started = time.monotonic()
+    result = run([grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)])
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    meta = json.loads((ckpt / "config.json").read_text())["meta"]
+    print(json.dumps({
+        "bench": "bc",
+        "operator": args.operator,
+        "demos": args.episodes,
+        "success": summary["success"],
+        "ci": summary["ci"],
+        "stages": summary["stages"],
+        "mean_length_s": summary["mean_length_s"],
+        "train_minutes": round(train_minutes, 2),
+        "train_steps": meta["step"],
+        "transitions": meta["transitions"],
+        "collect_minutes": round(collect_minutes, 2),
+        "eval_minutes": round((time.monotonic() - started) / 60, 2),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

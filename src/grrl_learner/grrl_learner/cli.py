@@ -1,0 +1,124 @@
+"""``grrl train-bc`` and ``grrl eval``: argument parsing and the one-line error contract.
+
+``grrl`` (grrl_bringup) registers these subcommands; ``python -m grrl_learner.cli train-bc``
+is the same command for ``torchrun`` (``torchrun --nproc_per_node 2 -m grrl_learner.cli
+train-bc ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from grrl_common.errors import run_cli
+from grrl_learner import HELD_OUT_SEED
+
+
+def add_train_bc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-bc", help="behaviour cloning of the flow-matching policy")
+    p.add_argument("--data", required=True, help="dataset directory (index.json + bags)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (and resume)")
+    p.add_argument("--keep-mask", default=None, help="per-transition keep mask (grrl filter)")
+    p.add_argument("--mirror", action="store_true", help="add left/right mirrored samples")
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--chunk", type=int, default=20, help="actions per chunk (k)")
+    p.add_argument("--width", type=int, default=256, help="small encoder / expert width")
+    p.add_argument("--layers", type=int, default=4, help="small encoder layers (expert: half)")
+    p.add_argument(
+        "--obs",
+        choices=["state", "pixels"],
+        default=None,
+        help="observation (default: pixels if the bags hold images)",
+    )
+    p.add_argument("--encoder", choices=["small", "vlm"], default="small")
+    p.add_argument(
+        "--vlm-checkpoint",
+        default="tiny",
+        help="local transformers checkpoint directory for --encoder vlm, or 'tiny'",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--eval-every", type=int, default=0, help="sim evaluation period (0 = off)")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget")
+    p.add_argument("--restart", action="store_true", help="ignore a resumable run in --out")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train_bc)  # fmt: skip
+
+
+def run_train_bc(args: argparse.Namespace) -> int:
+    from grrl_learner.train_bc import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, keep_mask=args.keep_mask, mirror=args.mirror,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk=args.chunk,
+        width=args.width, layers=args.layers, obs=args.obs, encoder=args.encoder,
+        vlm_checkpoint=args.vlm_checkpoint, seed=args.seed, save_every=args.save_every,
+        eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+        max_minutes=args.max_minutes, restart=args.restart, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    out = train(cfg)
+    print(f"train-bc: checkpoint in {out}", file=sys.stderr)
+    return 0
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a policy in the sim core through the smoother")
+    p.add_argument("--policy", required=True, help="policy checkpoint directory")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the first episode")
+    p.add_argument(
+        "--obs",
+        choices=["state", "pixels"],
+        default=None,
+        help="default: what the policy was trained on",
+    )
+    p.add_argument("--replan-every", type=int, default=5, help="control steps per policy call")
+    p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
+    p.add_argument("--batch-envs", type=int, default=50, help="episodes run in lockstep")
+    p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--episodes-out", default=None, help="also write per-episode JSON here")
+    p.set_defaults(func=run_eval)  # fmt: skip
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from grrl_learner.evaluation import EvalConfig, evaluate
+    from grrl_policy.checkpoint import load_policy
+    from grrl_policy.smoother import SmootherConfig
+
+    torch.set_grad_enabled(False)
+    policy = load_policy(args.policy, device=args.device)
+    cfg = EvalConfig(
+        episodes=args.episodes, seed=args.seed, obs_mode=args.obs,
+        replan_every=args.replan_every, batch_envs=args.batch_envs, device=args.device,
+        max_steps=args.max_steps,
+        smoother=SmootherConfig(control_dt=policy.control_dt, mode=args.smoother),
+    )  # fmt: skip
+    result = evaluate(policy, cfg)
+    summary = {"policy": args.policy, "seed": args.seed, **result.summary()}
+    if args.episodes_out:
+        with open(args.episodes_out, "w") as handle:
+            json.dump(result.to_dict(), handle, indent=1)
+    print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grrl-learner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_bc(sub)
+    add_eval(sub)
+    args = parser.parse_args(argv)
+    return run_cli(args.func, args, prog="grrl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Policy evaluation in the sim core (no ROS, for speed), through the deployment smoother.
+
+Several episodes run in lockstep so that policy inference is batched across them; each episode
+has its own :class:`~grrl_policy.smoother.ChunkSmoother` — the same implementation the
+smoother node runs on the robot — so what is scored is what would be executed. At each replan
+the policy sees the observation of time t and its chunk starts at t (action 0 is the command
+for t, as in the recorded data); the smoother emits the command for t and the sim steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from grrl_common.robot import RobotDescription, load_robot_description
+from grrl_learner import HELD_OUT_SEED
+from grrl_policy.checkpoint import LoadedPolicy
+from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
+from grrl_sim.task import STAGES, InsertionTask, Observation, TaskConfig
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 100
+    seed: int = HELD_OUT_SEED
+    obs_mode: str | None = None  # None: what the policy was trained on
+    replan_every: int = 5  # control steps between policy calls
+    batch_envs: int = 50  # episodes run in lockstep (batched inference)
+    max_steps: int | None = None  # None: the task's episode limit
+    smoother: SmootherConfig | None = None  # None: defaults at the task's control period
+    instruction: str | None = None  # None: the one the policy was trained with
+    device: str = "cpu"
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    steps: int
+    stages: dict[str, bool]
+    peg_side: str
+
+
+@dataclass
+class EvalResult:
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    control_dt: float = 0.02
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.episodes)
+        wins = sum(e.success for e in self.episodes)
+        lo, hi = wilson_interval(wins, n)
+        steps = np.array([e.steps for e in self.episodes], float) if n else np.zeros(1)
+        return {
+            "episodes": n,
+            "success": wins / n if n else 0.0,
+            "ci": [round(lo, 4), round(hi, 4)],
+            "stages": {s: sum(e.stages[s] for e in self.episodes) / max(n, 1) for s in STAGES},
+            "mean_length_steps": float(steps.mean()),
+            "mean_length_s": float(steps.mean() * self.control_dt),
+            "eval_seconds": round(self.seconds, 2),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "episodes": [asdict(e) for e in self.episodes]}
+
+
+def policy_state(task: InsertionTask, obs: Observation, with_objects: bool) -> np.ndarray:
+    """The policy's state vector, in the dataset's layout: joints (+ object poses)."""
+    if with_objects:  # what /grrl/object_poses carries (the sim's pose tracker)
+        return np.concatenate([obs.joint_positions, task.object_poses()]).astype(np.float32)
+    return obs.joint_positions.astype(np.float32)
+
+
+def evaluate(
+    policy: LoadedPolicy,
+    config: EvalConfig | None = None,
+    robot: RobotDescription | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+) -> EvalResult:
+    """Run ``config.episodes`` seeded episodes; deterministic for a given policy and seed."""
+    cfg = config or EvalConfig()
+    robot = robot or load_robot_description()
+    meta = policy.meta
+    obs_mode = cfg.obs_mode or meta.get("obs", "state")
+    with_objects = bool(meta.get("object_poses", obs_mode == "state"))
+    cameras = list(policy.config.cameras)
+    if cameras and obs_mode != "pixels":
+        raise ValueError(f"this policy reads cameras {cameras}: evaluate with obs 'pixels'")
+    instruction = cfg.instruction or meta.get("instruction", "")
+    # pixels mode only adds images; object poses are read from the task when the policy uses them
+    task_cfg = TaskConfig(obs_mode="pixels" if cameras else "state")
+    limits = JointLimits.from_robot(robot)
+    started = time.perf_counter()
+    n_envs = max(1, min(cfg.batch_envs, cfg.episodes))
+    tasks = [InsertionTask(task_cfg, robot) for _ in range(n_envs)]
+    dt = tasks[0].control_dt
+    smoother_cfg = cfg.smoother or SmootherConfig(control_dt=dt)
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    result = EvalResult(control_dt=dt)
+    try:
+        for first in range(0, cfg.episodes, n_envs):
+            seeds = [cfg.seed + i for i in range(first, min(first + n_envs, cfg.episodes))]
+            for episode in _run_batch(
+                policy, tasks[: len(seeds)], seeds, cfg, smoother_cfg, limits, instruction,
+                with_objects, cameras, generator,
+            ):  # fmt: skip
+                result.episodes.append(episode)
+                if on_episode is not None:
+                    on_episode(episode)
+    finally:
+        for task in tasks:
+            task.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_batch(
+    policy: LoadedPolicy,
+    tasks: list[InsertionTask],
+    seeds: list[int],
+    cfg: EvalConfig,
+    smoother_cfg: SmootherConfig,
+    limits: JointLimits,
+    instruction: str,
+    with_objects: bool,
+    cameras: list[str],
+    generator: torch.Generator,
+) -> list[EpisodeResult]:
+    dt = tasks[0].control_dt
+    limit = cfg.max_steps or tasks[0].config.episode_limit_steps
+    observations = [task.reset(seed) for task, seed in zip(tasks, seeds, strict=True)]
+    smoothers = []
+    for obs in observations:
+        smoother = ChunkSmoother(limits, smoother_cfg)
+        smoother.reset(obs.joint_positions, time=-dt)  # the last command was for t = −dt
+        smoothers.append(smoother)
+    done: list[EpisodeResult | None] = [None] * len(tasks)
+    for step in range(limit):
+        active = [i for i, d in enumerate(done) if d is None]
+        if not active:
+            break
+        if step % cfg.replan_every == 0:
+            states = np.stack(
+                [policy_state(tasks[i], observations[i], with_objects) for i in active]
+            )
+            images = None
+            if cameras:
+                images = np.stack(
+                    [np.stack([observations[i].images[c] for c in cameras]) for i in active]
+                )
+            chunks, _ = policy.act(states, [instruction] * len(active), images, generator=generator)
+            for row, i in enumerate(active):
+                smoothers[i].add_chunk(chunks[row], start_time=step * dt, dt=dt)
+        for i in active:
+            command = smoothers[i].step()
+            outcome = tasks[i].step(command.position)
+            observations[i] = outcome.observation
+            if outcome.done or step + 1 >= limit:
+                reached = tasks[i].reached
+                done[i] = EpisodeResult(
+                    seed=seeds[i],
+                    success=bool(outcome.success),
+                    steps=step + 1,
+                    stages={s: bool(getattr(reached, s)) for s in STAGES},
+                    peg_side=tasks[i].peg_arm,
+                )
+    return [d for d in done if d is not None]

@@ -1,0 +1,173 @@
+"""Policy checkpoints: a directory with ``config.json`` + ``model.safetensors`` (never pickle).
+
+``config.json`` holds the model configuration, the normalisation statistics, the joint names
+and control period the policy was trained for, and free-form metadata (training step, data).
+Writes are atomic (a temporary directory renamed into place), so a reader (a policy node
+hot-swapping weights) never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from grrl_common.errors import GrrlError
+from grrl_policy.encoders import ObservationBatch
+from grrl_policy.model import FlowMatchingPolicy, PolicyConfig
+from grrl_policy.normalization import NormStats
+
+FORMAT = "grrl-policy-1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(GrrlError):
+    """A checkpoint cannot be read or written; one-line message naming the path."""
+
+
+@dataclass
+class LoadedPolicy:
+    """A policy ready for inference in robot units (radians, metres)."""
+
+    model: FlowMatchingPolicy
+    norm: NormStats
+    joint_names: list[str]
+    control_dt: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> PolicyConfig:
+        return self.model.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def observation(
+        self,
+        states: np.ndarray,
+        instructions: list[str],
+        images: np.ndarray | None = None,
+    ) -> ObservationBatch:
+        """Raw states (B, S) and images (B, V, H, W, 3) uint8 → a normalised model batch."""
+        states = np.asarray(states, np.float32)
+        if states.ndim != 2 or states.shape[1] != self.config.state_dim:
+            raise ValueError(
+                f"states must be (B, {self.config.state_dim}), got {tuple(states.shape)}"
+            )
+        state = torch.from_numpy(self.norm.normalize_state(states)).to(self.device)
+        tensor_images = None
+        if self.config.cameras:
+            if images is None:
+                raise ValueError(f"policy needs images of {list(self.config.cameras)}")
+            tensor_images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 1, 4, 2, 3)
+            tensor_images = tensor_images.to(self.device)
+        return ObservationBatch(state, list(instructions), tensor_images)
+
+    @torch.no_grad()
+    def act(
+        self,
+        states: np.ndarray,
+        instructions: list[str],
+        images: np.ndarray | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sample chunks: → (actions (B, k, n) in robot units, initial noise (B, k, n))."""
+        obs = self.observation(states, instructions, images)
+        chunk, used = self.model.sample(obs, noise=noise, generator=generator)
+        actions = self.norm.denormalize_action(chunk.float().cpu().numpy())
+        return actions, used.float().cpu().numpy()
+
+
+def save_policy(
+    path: str | Path,
+    model: FlowMatchingPolicy,
+    norm: NormStats,
+    joint_names: list[str],
+    control_dt: float,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    document = {
+        "format": FORMAT,
+        "policy": model.cfg.to_dict(),
+        "normalization": norm.to_dict(),
+        "joint_names": list(joint_names),
+        "control_dt": control_dt,
+        "meta": meta or {},
+    }
+    (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
+    save_model(model, str(tmp / WEIGHTS_NAME))
+    for f in tmp.iterdir():  # durable before the rename publishes it
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        for entry in path.iterdir():  # keep what else lives there (a trainer's state)
+            if entry.name not in (CONFIG_NAME, WEIGHTS_NAME):
+                os.replace(entry, tmp / entry.name)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    config = path / CONFIG_NAME
+    if not config.is_file():
+        raise CheckpointError(f"{path}: not a policy checkpoint (no {CONFIG_NAME})")
+    try:
+        document = json.loads(config.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{config}: unreadable JSON ({exc})") from None
+    if document.get("format") != FORMAT:
+        raise CheckpointError(f"{config}: format {document.get('format')!r}, expected {FORMAT!r}")
+    return document
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedPolicy:
+    path = Path(path)
+    document = read_config(path)
+    try:
+        cfg = PolicyConfig.from_dict(document["policy"])
+        norm = NormStats.from_dict(document["normalization"])
+        joint_names = list(document["joint_names"])
+        control_dt = float(document["control_dt"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG_NAME}: bad config ({exc})") from None
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: missing {WEIGHTS_NAME}")
+    model = FlowMatchingPolicy(cfg)
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except Exception as exc:  # safetensors raises several types; the message is what matters
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{weights}: cannot load weights ({first})") from None
+    model.to(device).eval()
+    return LoadedPolicy(model, norm, joint_names, control_dt, document.get("meta", {}))
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """Digest of a checkpoint's config and weights (what PolicyUpdate carries)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        with open(Path(path) / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
