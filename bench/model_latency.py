@@ -91,6 +91,9 @@ def main() -> None:
         "small_pixels_cpu": small("cpu", args.runs, pixels=True),
         "cpu_threads": torch.get_num_threads(),
     }
+    if args.device != "cpu":
+        figures["small_state_gpu"] = small(args.device, args.runs, pixels=False)
+        figures["small_pixels_gpu"] = small(args.device, args.runs, pixels=True)
     if args.vlm:
         figures["vlm_3b"] = vlm(args.device, max(20, args.runs // 4))
     print(json.dumps(figures))

@@ -23,9 +23,15 @@ def add_train_bc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mirror", action="store_true", help="add left/right mirrored samples")
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks)")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--chunk", type=int, default=20, help="actions per chunk (k)")
-    p.add_argument("--width", type=int, default=256, help="small encoder / expert width")
+    p.add_argument(
+        "--action-mode",
+        choices=["absolute", "delta"],
+        default="absolute",
+        help="absolute joint targets, or relative to the joints at the chunk start (delta)",
+    )
+    p.add_argument("--width", type=int, default=128, help="small encoder / expert width")
     p.add_argument("--layers", type=int, default=4, help="small encoder layers (expert: half)")
     p.add_argument(
         "--obs",
@@ -56,6 +62,7 @@ def run_train_bc(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, keep_mask=args.keep_mask, mirror=args.mirror,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk=args.chunk,
+        action_mode=args.action_mode,
         width=args.width, layers=args.layers, obs=args.obs, encoder=args.encoder,
         vlm_checkpoint=args.vlm_checkpoint, seed=args.seed, save_every=args.save_every,
         eval_every=args.eval_every, eval_episodes=args.eval_episodes,
@@ -78,7 +85,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="default: what the policy was trained on",
     )
-    p.add_argument("--replan-every", type=int, default=5, help="control steps per policy call")
+    p.add_argument(
+        "--replan-every",
+        type=int,
+        default=5,
+        help="control steps per policy call (receding mode: h)",
+    )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
     p.add_argument("--batch-envs", type=int, default=50, help="episodes run in lockstep")
     p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
@@ -100,7 +112,8 @@ def run_eval(args: argparse.Namespace) -> int:
         episodes=args.episodes, seed=args.seed, obs_mode=args.obs,
         replan_every=args.replan_every, batch_envs=args.batch_envs, device=args.device,
         max_steps=args.max_steps,
-        smoother=SmootherConfig(control_dt=policy.control_dt, mode=args.smoother),
+        smoother=SmootherConfig(control_dt=policy.control_dt, mode=args.smoother,
+                                receding_steps=args.replan_every),
     )  # fmt: skip
     result = evaluate(policy, cfg)
     summary = {"policy": args.policy, "seed": args.seed, **result.summary()}

@@ -34,12 +34,48 @@ class NormStats(_PolicyNormStats):
     """
 
     @classmethod
-    def from_episodes(cls, episodes: Sequence[Episode], object_poses: bool = True) -> NormStats:
-        """Statistics over every step of ``episodes`` (states as ``Episode.states``)."""
+    def from_episodes(
+        cls,
+        episodes: Sequence[Episode],
+        object_poses: bool = True,
+        chunk: int = 1,
+        action_mode: str = "absolute",
+    ) -> NormStats:
+        """Statistics over every step of ``episodes`` (states as ``Episode.states``).
+
+        ``action_mode="delta"``: action statistics are those of every chunk's actions minus
+        the joint positions its chunk starts from (what :class:`ChunkDataset` then yields).
+        """
         if not episodes:
             raise ValueError("cannot compute normalisation statistics from no episodes")
         states = [e.states(object_poses) for e in episodes]
-        return cls.from_arrays(states, [e.commands for e in episodes])
+        return cls.from_arrays(states, [chunk_actions(e, chunk, action_mode).reshape(
+            -1, e.action_dim) for e in episodes])  # fmt: skip
+
+
+ACTION_MODES = ("absolute", "delta")
+
+
+def padded_commands(episode: Episode, chunk: int) -> np.ndarray:
+    """The executed commands, extended past the end by holding the last one: (T + k − 1, n)."""
+    pad = np.repeat(episode.commands[-1:], chunk - 1, axis=0)
+    return np.concatenate([episode.commands, pad]).astype(np.float32)
+
+
+def chunk_actions(episode: Episode, chunk: int, action_mode: str = "absolute") -> np.ndarray:
+    """Every step's action chunk in robot units, (T, k, n).
+
+    ``delta``: relative to the measured joint positions at the chunk's start (so the policy's
+    normalised output error shrinks to the scale of a motion, not of the workspace).
+    """
+    if action_mode not in ACTION_MODES:
+        raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded_commands(episode, chunk), chunk, axis=0
+    ).transpose(0, 2, 1)  # (T, k, n)
+    if action_mode == "delta":
+        return windows - episode.joint_positions[:, None, :].astype(np.float32)
+    return np.array(windows)
 
 
 class KeepMaskError(GrrlError, ValueError):
@@ -104,9 +140,13 @@ class ChunkDataset(Dataset):
         augment: Sequence[Callable[[Sample], Sample]] = (),
         cameras: list[str] | None = None,
         object_poses: bool = True,
+        action_mode: str = "absolute",
     ) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+        self.action_mode = action_mode
         self.episodes = list(episodes)
         self.chunk = int(chunk)
         self.stats = stats
@@ -114,17 +154,14 @@ class ChunkDataset(Dataset):
         self.cameras = list(cameras) if cameras else []
         self.object_poses = object_poses
         self._states: list[np.ndarray] = []
-        self._padded_actions: list[np.ndarray] = []
+        self._padded_commands: list[np.ndarray] = []
         steps: list[np.ndarray] = []
         episode_of: list[np.ndarray] = []
         for i, episode in enumerate(self.episodes):
             self._check(episode, stats, object_poses)
             states = stats.normalize_state(episode.states(object_poses)).astype(np.float32)
-            actions = stats.normalize_action(episode.commands).astype(np.float32)
-            # past the end the robot holds its last command: repeat it
-            pad = np.repeat(actions[-1:], self.chunk - 1, axis=0)
             self._states.append(states)
-            self._padded_actions.append(np.concatenate([actions, pad]))
+            self._padded_commands.append(padded_commands(episode, self.chunk))
             for camera in self.cameras:
                 if len(episode.images.get(camera, ())) == 0:
                     raise ValueError(
@@ -182,12 +219,18 @@ class ChunkDataset(Dataset):
         sample = self._sample(int(self._episode_of[j]), int(self._steps[j]))
         return sample if variant == 0 else self.augment[variant - 1](sample)
 
+    def _chunk(self, e: int, t: int) -> np.ndarray:
+        actions = self._padded_commands[e][t : t + self.chunk]
+        if self.action_mode == "delta":
+            actions = actions - self.episodes[e].joint_positions[t]
+        return self.stats.normalize_action(actions).astype(np.float32)
+
     def _sample(self, e: int, t: int) -> Sample:
         episode = self.episodes[e]
         k = self.chunk
         sample: Sample = {
             "state": torch.from_numpy(self._states[e][t].copy()),
-            "actions": torch.from_numpy(self._padded_actions[e][t : t + k].copy()),
+            "actions": torch.from_numpy(self._chunk(e, t)),
             "action_pad": torch.from_numpy(np.arange(t, t + k) >= len(episode)),
             "instruction": episode.instruction,
             "episode": e,

@@ -18,11 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
 from grrl_learner import HELD_OUT_SEED
 from grrl_policy.checkpoint import LoadedPolicy
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
 from grrl_sim.task import STAGES, InsertionTask, Observation, TaskConfig
+
+
+class EvalError(GrrlError):
+    """An evaluation that cannot run as asked; one line."""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -40,12 +45,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 class EvalConfig:
     episodes: int = 100
     seed: int = HELD_OUT_SEED
-    obs_mode: str | None = None  # None: what the policy was trained on
-    replan_every: int = 5  # control steps between policy calls
+    obs_mode: str | None = None  # checked against what the policy was trained on
+    replan_every: int = 5  # control steps between policy calls (ensembling; receding: h)
     batch_envs: int = 50  # episodes run in lockstep (batched inference)
     max_steps: int | None = None  # None: the task's episode limit
     smoother: SmootherConfig | None = None  # None: defaults at the task's control period
     instruction: str | None = None  # None: the one the policy was trained with
+    noise_scale: float = 1.0  # initial flow noise ~ N(0, scale² I); 0 = deterministic
     device: str = "cpu"
 
 
@@ -100,11 +106,11 @@ def evaluate(
     cfg = config or EvalConfig()
     robot = robot or load_robot_description()
     meta = policy.meta
-    obs_mode = cfg.obs_mode or meta.get("obs", "state")
-    with_objects = bool(meta.get("object_poses", obs_mode == "state"))
     cameras = list(policy.config.cameras)
-    if cameras and obs_mode != "pixels":
-        raise ValueError(f"this policy reads cameras {cameras}: evaluate with obs 'pixels'")
+    trained = "pixels" if cameras else "state"
+    if cfg.obs_mode and cfg.obs_mode != trained:
+        raise EvalError(f"the policy observes {trained}, not {cfg.obs_mode} (leave --obs out)")
+    with_objects = bool(meta.get("object_poses", not cameras))
     instruction = cfg.instruction or meta.get("instruction", "")
     # pixels mode only adds images; object poses are read from the task when the policy uses them
     task_cfg = TaskConfig(obs_mode="pixels" if cameras else "state")
@@ -158,17 +164,22 @@ def _run_batch(
         active = [i for i, d in enumerate(done) if d is None]
         if not active:
             break
-        if step % cfg.replan_every == 0:
-            states = np.stack(
-                [policy_state(tasks[i], observations[i], with_objects) for i in active]
-            )
+        if smoother_cfg.mode == "receding":  # a new chunk once h actions have been executed
+            due = [i for i in active if smoothers[i].chunk_due]
+        else:
+            due = active if step % cfg.replan_every == 0 else []
+        if due:
+            states = np.stack([policy_state(tasks[i], observations[i], with_objects) for i in due])
             images = None
             if cameras:
                 images = np.stack(
-                    [np.stack([observations[i].images[c] for c in cameras]) for i in active]
+                    [np.stack([observations[i].images[c] for c in cameras]) for i in due]
                 )
-            chunks, _ = policy.act(states, [instruction] * len(active), images, generator=generator)
-            for row, i in enumerate(active):
+            noise = cfg.noise_scale * torch.randn(
+                (len(due), *policy.model.chunk_shape), generator=generator, device=cfg.device
+            )
+            chunks, _ = policy.act(states, [instruction] * len(due), images, noise=noise)
+            for row, i in enumerate(due):
                 smoothers[i].add_chunk(chunks[row], start_time=step * dt, dt=dt)
         for i in active:
             command = smoothers[i].step()

@@ -29,8 +29,15 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from grrl_common.errors import GrrlError
 from grrl_common.robot import load_robot_description
 from grrl_learner import VALIDATION_SEED
-from grrl_learner.dataset import ChunkDataset, NormStats, collate, load_keep_mask
+from grrl_learner.dataset import (
+    ChunkDataset,
+    NormStats,
+    chunk_actions,
+    collate,
+    load_keep_mask,
+)
 from grrl_learner.episodes import Episode, read_dataset
+from grrl_learner.mirror import mirror_transform, mirrored_states
 from grrl_policy.checkpoint import LoadedPolicy, save_policy
 from grrl_policy.encoders import ObservationBatch
 from grrl_policy.model import ExpertConfig, FlowMatchingPolicy, PolicyConfig, VLMConfig
@@ -49,19 +56,20 @@ class TrainConfig:
     out: str
     steps: int = 20_000
     batch_size: int = 128  # global batch (split across DDP ranks)
-    lr: float = 3e-4
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup: int = 500
     grad_clip: float = 1.0
     ema: float = 0.999
     chunk: int = 20
+    action_mode: str = "absolute"  # or "delta": relative to the joints at the chunk start
     seed: int = 0
     obs: str | None = None  # "state" | "pixels"; None: pixels if the data has images
     keep_mask: str | None = None
     mirror: bool = False
     encoder: str = "small"
     vlm_checkpoint: str = "tiny"
-    width: int = 256
+    width: int = 128
     layers: int = 4
     save_every: int = 1000
     eval_every: int = 0  # 0: no periodic sim evaluation
@@ -181,6 +189,7 @@ def build_model(cfg: TrainConfig, state_dim: int, action_dim: int, cameras: list
         state_dim=state_dim,
         action_dim=action_dim,
         chunk=cfg.chunk,
+        action_mode=cfg.action_mode,
         cameras=tuple(cameras),
         encoder=cfg.encoder,
         small=small,
@@ -210,14 +219,25 @@ class BCTrainer:
         episodes, self.obs_mode, cameras, with_objects = load_training_data(cfg)
         keep = load_keep_mask(cfg.keep_mask) if cfg.keep_mask else None
         augment = []
+        self.norm = NormStats.from_episodes(
+            episodes, with_objects, chunk=cfg.chunk, action_mode=cfg.action_mode
+        )
         if cfg.mirror:
-            from grrl_learner.mirror import mirror_transform
-
-            augment.append(mirror_transform(load_robot_description(), with_objects))
-        self.norm = NormStats.from_episodes(episodes, object_poses=with_objects)
+            robot = load_robot_description()
+            # statistics over both halves, so a mirrored sample is normalised like its twin
+            states = [e.states(with_objects) for e in episodes]
+            actions = [
+                chunk_actions(e, cfg.chunk, cfg.action_mode).reshape(-1, e.action_dim)
+                for e in episodes
+            ]
+            self.norm = NormStats.from_arrays(
+                states + [mirrored_states(s, robot) for s in states],
+                actions + [robot.mirror_joints(a) for a in actions],
+            )
+            augment.append(mirror_transform(robot, self.norm, cameras))
         self.dataset = ChunkDataset(
             episodes, chunk=cfg.chunk, stats=self.norm, keep_mask=keep, augment=augment,
-            cameras=cameras or None, object_poses=with_objects,
+            cameras=cameras or None, object_poses=with_objects, action_mode=cfg.action_mode,
         )  # fmt: skip
         if len(self.dataset) == 0:
             raise TrainError(f"{cfg.data}: the keep mask leaves no transition to train on")
@@ -231,7 +251,11 @@ class BCTrainer:
         self.opt = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.wrapped: torch.nn.Module = self.model
         if self.world > 1:
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.model)
+            # the encoder's pooled head feeds only the noise predictor (online RL): its
+            # parameters get no BC gradient, and DDP must not wait for them
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=True
+            )
         self.joint_names = list(episodes[0].joint_names)
         self.meta = {
             "obs": self.obs_mode,

@@ -78,6 +78,11 @@ def test_keep_mask_is_used_and_bad_input_gives_one_line(noisy_dataset: Path, tmp
     assert r.returncode == 0, r.stderr[-2000:]
     kept = sum(sum(m) for m in masks.values())
     assert load_policy(out).meta["transitions"] == kept
+    mirrored = tmp_path / "mirrored"
+    r = grrl("train-bc", "--data", str(noisy_dataset), "--out", str(mirrored), "--steps", "1",
+             "--keep-mask", str(mask_file), "--mirror", *SMALL)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_policy(mirrored).meta["transitions"] == 2 * kept  # each sample and its mirror
 
     for args, text in [
         (["--data", str(tmp_path / "missing")], "missing"),
@@ -88,6 +93,8 @@ def test_keep_mask_is_used_and_bad_input_gives_one_line(noisy_dataset: Path, tmp
         assert len(r.stderr.strip().splitlines()) == 1 and text in r.stderr
     r = grrl("eval", "--policy", str(tmp_path / "missing"))
     assert r.returncode == 2 and "not a policy checkpoint" in r.stderr
+    r = grrl("eval", "--policy", str(out), "--obs", "pixels", "--episodes", "1")
+    assert r.returncode == 2 and "observes state, not pixels" in r.stderr
 
 
 def _free_port() -> int:

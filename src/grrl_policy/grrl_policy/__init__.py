@@ -1,4 +1,6 @@
-"""grrl_policy: flow-matching VLA, inference and the deployment chunk smoother.
+"""grrl_policy: the flow-matching VLA and the deployment chunk smoother.
 
-Filled by the policy and deployment issues.
+ROS-free cores: ``model`` (encoder + action DiT + noise predictor), ``small_encoder`` and
+``vlm_encoder`` (the two observation encoders), ``checkpoint`` (safetensors + JSON),
+``normalization`` and ``smoother`` (blend, QP, guard, watchdog). Nodes come with deployment.
 """

@@ -86,6 +86,8 @@ class LoadedPolicy:
         obs = self.observation(states, instructions, images)
         chunk, used = self.model.sample(obs, noise=noise, generator=generator)
         actions = self.norm.denormalize_action(chunk.float().cpu().numpy())
+        if self.config.action_mode == "delta":  # relative to the joints the chunk starts from
+            actions = actions + np.asarray(states, np.float32)[:, None, : actions.shape[-1]]
         return actions, used.float().cpu().numpy()
 
 

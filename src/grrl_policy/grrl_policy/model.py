@@ -27,7 +27,7 @@ from grrl_policy.small_encoder import SmallEncoder, SmallEncoderConfig
 
 @dataclass(frozen=True)
 class ExpertConfig:
-    width: int = 256
+    width: int = 128
     heads: int = 4  # query heads; key/value heads and head size follow the encoder's
     ffn_mult: float = 2.0
     time_dim: int = 128
@@ -53,6 +53,9 @@ class PolicyConfig:
     small: SmallEncoderConfig = field(default_factory=SmallEncoderConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    # "absolute": joint-position targets; "delta": targets minus the joint positions at the
+    # chunk's start (the first action_dim entries of the state), added back at inference
+    action_mode: str = "absolute"
     flow_steps: int = 5  # Euler steps at inference (GR-3 uses 5)
     tau_sampling: str = "beta"  # "uniform" | "beta" (π0: emphasise the noisy end)
     noise_hidden: int = 256
@@ -127,7 +130,8 @@ class ActionExpert(nn.Module):
     def forward(self, x_tau: torch.Tensor, tau: torch.Tensor, ctx: EncoderOutput) -> torch.Tensor:
         b, k, _ = x_tau.shape
         x = self.action_in(x_tau)
-        cond = F.silu(self.time_mlp(timestep_embedding(tau, self.cfg.time_dim)))
+        embedding = timestep_embedding(tau, self.cfg.time_dim).to(x.dtype)
+        cond = F.silu(self.time_mlp(embedding))
         steps = torch.arange(k, device=x.device)
         positions = ctx.next_position[:, None] + steps[None]
         causal = steps[None, :] <= steps[:, None]  # (k, k): action i sees actions ≤ i
@@ -209,8 +213,10 @@ class FlowMatchingPolicy(nn.Module):
         error = (self.expert(x_tau, tau, ctx) - (x1 - x0)).pow(2).mean(-1)  # (B, k)
         if action_pad is None:
             return error.mean()
+        # per-sample mean over its real actions, then the batch mean: equal shards of a batch
+        # then average to the whole batch's loss (DDP), whatever padding each shard holds
         real = (~action_pad).to(error.dtype)
-        return (error * real).sum() / real.sum().clamp(min=1.0)
+        return ((error * real).sum(1) / real.sum(1).clamp(min=1.0)).mean()
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The training loss (DDP hooks gradient sync on ``forward``), see :meth:`loss`."""

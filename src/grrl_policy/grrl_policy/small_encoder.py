@@ -21,11 +21,11 @@ from grrl_policy.layers import Attention, RMSNorm, SwiGLU
 
 @dataclass(frozen=True)
 class SmallEncoderConfig:
-    width: int = 256
+    width: int = 128  # the CPU-trained default (bench/bc.py); a GPU affords more
     layers: int = 4
     heads: int = 4
     kv_heads: int = 2
-    head_dim: int = 64
+    head_dim: int = 32
     ffn_mult: float = 2.0
     state_tokens: int = 4
     vocab_buckets: int = 1024  # instruction words are hashed into this many embeddings
@@ -96,7 +96,8 @@ class SmallEncoder(ObservationEncoder):
                 images = nn.functional.interpolate(
                     images, size=(size, size), mode="bilinear", antialias=True
                 )
-            feats = self.conv(images * 2.0 - 1.0)  # (B·V, w, h, w')
+            # resized in float32 (antialiased resize has no bf16 kernel on CPU)
+            feats = self.conv((images * 2.0 - 1.0).to(self.view_embed.dtype))  # (B·V, w, h, w')
             feats = feats.flatten(2).transpose(1, 2).view(b, v, -1, w)
             feats = feats + self.view_embed[None, :, None]
             parts.append(feats.flatten(1, 2))
