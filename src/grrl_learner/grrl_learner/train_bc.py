@@ -362,7 +362,8 @@ def train(cfg: TrainConfig) -> Path:
 def periodic_eval(ema, norm, joint_names, meta, cfg: TrainConfig) -> dict[str, Any]:
     from grrl_learner.evaluation import EvalConfig, evaluate
 
-    loaded = LoadedPolicy(ema, norm, joint_names, control_dt=0.02, meta=meta)
+    control_dt = 1.0 / load_robot_description().control_rate_hz
+    loaded = LoadedPolicy(ema, norm, joint_names, control_dt=control_dt, meta=meta)
     result = evaluate(loaded, EvalConfig(episodes=cfg.eval_episodes, seed=VALIDATION_SEED))
     return result.summary()
 
