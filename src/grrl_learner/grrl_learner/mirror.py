@@ -6,7 +6,7 @@ object poses in the world frame (the robot YAML's ``world_axis``), and swap spat
 instruction ("left" ↔ "right", "clockwise" ↔ "counterclockwise", 左 ↔ 右).
 
 Samples are normalised, so the transform denormalises, mirrors and normalises again with the
-same statistics (compute them over original and mirrored data: :func:`mirrored_states`).
+same statistics (compute them over original and mirrored data: :func:`mirror_state_vector`).
 """
 
 from __future__ import annotations
@@ -66,10 +66,6 @@ def mirror_state_vector(state: np.ndarray, robot: RobotDescription) -> np.ndarra
     if state.shape[-1] > n:
         out[..., n:] = mirror_poses(state[..., n:], robot.mirror_world_axis)
     return out
-
-
-def mirrored_states(states: np.ndarray, robot: RobotDescription) -> np.ndarray:
-    return mirror_state_vector(np.asarray(states), robot)
 
 
 def mirror_transform(

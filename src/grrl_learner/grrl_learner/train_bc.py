@@ -27,7 +27,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from grrl_common.errors import GrrlError
-from grrl_common.robot import load_robot_description
+from grrl_common.robot import RobotDescription, load_robot_description
 from grrl_learner import VALIDATION_SEED
 from grrl_learner.dataset import (
     ChunkDataset,
@@ -37,7 +37,7 @@ from grrl_learner.dataset import (
     load_keep_mask,
 )
 from grrl_learner.episodes import Episode, read_dataset
-from grrl_learner.mirror import mirror_transform, mirrored_states
+from grrl_learner.mirror import mirror_state_vector, mirror_transform
 from grrl_policy.checkpoint import LoadedPolicy, save_policy
 from grrl_policy.encoders import ObservationBatch
 from grrl_policy.model import ExpertConfig, FlowMatchingPolicy, PolicyConfig, VLMConfig
@@ -115,12 +115,6 @@ def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return x[rank * per : (rank + 1) * per]
 
 
-def tau_from_uniform(model: FlowMatchingPolicy, u: torch.Tensor) -> torch.Tensor:
-    if model.cfg.tau_sampling == "uniform":
-        return u
-    return 1.0 - u.pow(1.0 / 1.5)  # Beta(1.5, 1) on the noisy end, as in sample_tau
-
-
 def batch_to_model(batch: dict[str, Any], device: str) -> tuple[ObservationBatch, torch.Tensor,
                                                                   torch.Tensor]:  # fmt: skip
     images = batch.get("images")
@@ -141,7 +135,7 @@ def loss_on_batch(
 ) -> torch.Tensor:
     """Flow-matching loss of a (local) batch; ``model`` may be the DDP wrapper of ``core``."""
     obs, actions, pad = batch_to_model(batch, device)
-    tau = tau_from_uniform(core, uniform.to(device))
+    tau = core.tau_from_uniform(uniform.to(device))
     return model(obs, actions, pad, noise=noise.to(device), tau=tau)
 
 
@@ -164,7 +158,9 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
 
 
 # --- data -----------------------------------------------------------------------------------
-def load_training_data(cfg: TrainConfig) -> tuple[list[Episode], str, list[str], bool]:
+def load_training_data(
+    cfg: TrainConfig, robot: RobotDescription
+) -> tuple[list[Episode], str, list[str], bool]:
     episodes = read_dataset(cfg.data)
     if not episodes:
         raise TrainError(f"{cfg.data}: no complete episodes to train on")
@@ -173,7 +169,6 @@ def load_training_data(cfg: TrainConfig) -> tuple[list[Episode], str, list[str],
     if obs == "pixels" and not has_images:
         raise TrainError(f"{cfg.data}: --obs pixels but the episodes hold no camera images")
     cameras = sorted(episodes[0].images) if obs == "pixels" else []
-    robot = load_robot_description()
     cameras = [c for c in robot.cameras if c in cameras]  # the robot description's order
     # state-mode policies observe the object poses; pixels-mode ones see the objects in images
     with_objects = obs == "state"
@@ -216,25 +211,22 @@ class BCTrainer:
         self.rank, self.world = dist_info()
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        episodes, self.obs_mode, cameras, with_objects = load_training_data(cfg)
+        self.robot = load_robot_description()
+        self.control_dt = 1.0 / self.robot.control_rate_hz
+        episodes, self.obs_mode, cameras, with_objects = load_training_data(cfg, self.robot)
         keep = load_keep_mask(cfg.keep_mask) if cfg.keep_mask else None
         augment = []
-        self.norm = NormStats.from_episodes(
-            episodes, with_objects, chunk=cfg.chunk, action_mode=cfg.action_mode
-        )
+        states = [e.states(with_objects) for e in episodes]
+        actions = [
+            chunk_actions(e, cfg.chunk, cfg.action_mode).reshape(-1, e.action_dim) for e in episodes
+        ]
         if cfg.mirror:
-            robot = load_robot_description()
             # statistics over both halves, so a mirrored sample is normalised like its twin
-            states = [e.states(with_objects) for e in episodes]
-            actions = [
-                chunk_actions(e, cfg.chunk, cfg.action_mode).reshape(-1, e.action_dim)
-                for e in episodes
-            ]
-            self.norm = NormStats.from_arrays(
-                states + [mirrored_states(s, robot) for s in states],
-                actions + [robot.mirror_joints(a) for a in actions],
-            )
-            augment.append(mirror_transform(robot, self.norm, cameras))
+            states += [mirror_state_vector(x, self.robot) for x in states]
+            actions += [self.robot.mirror_joints(a) for a in actions]
+        self.norm = NormStats.from_arrays(states, actions)
+        if cfg.mirror:
+            augment.append(mirror_transform(self.robot, self.norm, cameras))
         self.dataset = ChunkDataset(
             episodes, chunk=cfg.chunk, stats=self.norm, keep_mask=keep, augment=augment,
             cameras=cameras or None, object_poses=with_objects, action_mode=cfg.action_mode,
@@ -322,7 +314,10 @@ class BCTrainer:
                     self.save(done)
                     _log(log_path, {"step": done, "loss": loss.item()})
             if cfg.eval_every and done % cfg.eval_every == 0 and self.rank == 0:
-                summary = periodic_eval(self.ema, self.norm, self.joint_names, self.meta, cfg)
+                summary = periodic_eval(
+                    LoadedPolicy(self.ema, self.norm, self.joint_names, self.control_dt, self.meta),
+                    cfg, self.robot,
+                )  # fmt: skip
                 _log(log_path, {"step": done, "eval": summary})
                 if bar is not None:
                     bar.write(f"step {done}: sim success {summary['success']:.2f} "
@@ -338,8 +333,7 @@ class BCTrainer:
         return out
 
     def save(self, step: int) -> None:
-        control_dt = 1.0 / load_robot_description().control_rate_hz
-        save_policy(self.out, self.ema, self.norm, self.joint_names, control_dt,
+        save_policy(self.out, self.ema, self.norm, self.joint_names, self.control_dt,
                     {**self.meta, "step": step})  # fmt: skip
         state_dir = self.out / TRAIN_STATE
         tmp = self.out / f".{TRAIN_STATE}.tmp"
@@ -359,13 +353,11 @@ def train(cfg: TrainConfig) -> Path:
     return BCTrainer(cfg).run()
 
 
-def periodic_eval(ema, norm, joint_names, meta, cfg: TrainConfig) -> dict[str, Any]:
+def periodic_eval(policy: LoadedPolicy, cfg: TrainConfig, robot: RobotDescription) -> dict:
     from grrl_learner.evaluation import EvalConfig, evaluate
 
-    control_dt = 1.0 / load_robot_description().control_rate_hz
-    loaded = LoadedPolicy(ema, norm, joint_names, control_dt=control_dt, meta=meta)
-    result = evaluate(loaded, EvalConfig(episodes=cfg.eval_episodes, seed=VALIDATION_SEED))
-    return result.summary()
+    config = EvalConfig(episodes=cfg.eval_episodes, seed=VALIDATION_SEED)
+    return evaluate(policy, config, robot).summary()
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:

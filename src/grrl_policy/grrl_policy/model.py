@@ -185,13 +185,16 @@ class FlowMatchingPolicy(nn.Module):
     def encode(self, obs: ObservationBatch) -> EncoderOutput:
         return self.encoder(obs)
 
+    def tau_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """Flow times from uniform draws (the trainer seeds the draws itself)."""
+        if self.cfg.tau_sampling == "uniform":
+            return u
+        # Beta(1.5, 1) on the noisy end (π0), via its inverse CDF
+        return 1.0 - u.pow(1.0 / 1.5)
+
     def sample_tau(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = next(self.parameters()).device
-        if self.cfg.tau_sampling == "uniform":
-            return torch.rand(batch, generator=generator, device=device)
-        # Beta(1.5, 1) on the noisy end (π0), via inverse CDF so a generator can seed it
-        u = torch.rand(batch, generator=generator, device=device)
-        return 1.0 - u.pow(1.0 / 1.5)
+        return self.tau_from_uniform(torch.rand(batch, generator=generator, device=device))
 
     def loss(
         self,
