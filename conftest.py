@@ -119,3 +119,52 @@ def executable_path() -> object:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+def write_tiny_policy(
+    path: Path,
+    cameras: tuple[str, ...] = (),
+    object_pose_dim: int = 0,
+    chunk: int = 8,
+    seed: int = 0,
+    action_std: float = 0.05,
+) -> Path:
+    """A small random-weight policy checkpoint for the sim robot: actions near the home pose.
+
+    Untrained, so its chunks are arbitrary but bounded (home ± a few ``action_std``): enough to
+    drive the real graph (nodes, smoother, sim) without training first.
+    """
+    import numpy as np
+    import torch
+
+    from grrl_common.robot import load_robot_description
+    from grrl_policy.checkpoint import save_policy
+    from grrl_policy.model import ExpertConfig, FlowMatchingPolicy, PolicyConfig
+    from grrl_policy.normalization import NormStats
+    from grrl_policy.small_encoder import SmallEncoderConfig
+
+    robot = load_robot_description()
+    n = robot.n_joints
+    torch.manual_seed(seed)
+    small = SmallEncoderConfig(width=32, layers=2, heads=2, kv_heads=1, head_dim=16,
+                               state_tokens=2, image_size=32, conv_channels=8)  # fmt: skip
+    config = PolicyConfig(
+        state_dim=n + object_pose_dim, action_dim=n, chunk=chunk, cameras=cameras, small=small,
+        expert=ExpertConfig(width=32, heads=2, time_dim=16), noise_hidden=32,
+    )  # fmt: skip
+    home = np.array(robot.sim["home"] * 2, np.float32)
+    state_mean = np.concatenate([home, np.zeros(object_pose_dim, np.float32)])
+    norm = NormStats(state_mean, np.ones_like(state_mean), home, np.full(n, action_std, np.float32))
+    meta = {"instruction": "insert the peg into the socket", "object_poses": bool(object_pose_dim)}
+    return save_policy(path, FlowMatchingPolicy(config), norm, robot.joint_names,
+                       1.0 / robot.control_rate_hz, meta)  # fmt: skip
+
+
+@pytest.fixture
+def tiny_policy(tmp_path: Path):
+    """Factory: ``tiny_policy(name, **kwargs)`` writes a checkpoint (see write_tiny_policy)."""
+
+    def make(name: str = "policy", **kwargs) -> Path:
+        return write_tiny_policy(tmp_path / name, **kwargs)
+
+    return make

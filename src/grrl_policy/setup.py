@@ -12,6 +12,12 @@ setup(
     ],
     install_requires=["setuptools"],
     zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "policy_node = grrl_policy.policy_node:main",
+            "smoother_node = grrl_policy.smoother_node:main",
+        ],
+    },
     maintainer="grrl maintainers",
     maintainer_email="grrl@example.com",
     description="Flow-matching VLA policy, inference and the deployment chunk smoother.",

@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sim_node = grrl_sim.sim_node:main",
+            "episode_runner = grrl_sim.runner_node:main",
         ],
     },
 )

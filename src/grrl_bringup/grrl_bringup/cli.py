@@ -8,6 +8,8 @@ import sys
 from grrl_bringup.node_list import (
     NodeListError,
     load_node_list,
+    parameter_args,
+    plan_graph,
     resolve_plugin,
     runner_cli_args,
     select,
@@ -15,15 +17,33 @@ from grrl_bringup.node_list import (
 from grrl_common.errors import run_cli
 
 
+def _factories(entries: list, overrides: dict[str, dict], namespace: str = "") -> list:
+    """(node class, --ros-args) per entry: the list's parameter files, then the overrides."""
+    return [
+        (resolve_plugin(e),
+         runner_cli_args(e, namespace) + parameter_args(overrides.get(e.name, {})))
+        for e in entries
+    ]  # fmt: skip
+
+
 def _up(args: argparse.Namespace) -> int:
-    """Start node groups of the node list in this process (the composed runner)."""
+    """Start the graph in this process (the composed runner): the same nodes, parameter files
+    and overrides as ``robot.launch.py`` with the same arguments."""
     from grrl_common.runtime import run_nodes
 
-    entries = select(load_node_list(), args.groups.split(","))
-    if not entries:
-        raise NodeListError(f"no nodes in group(s) {args.groups!r}")
-    factories = [(resolve_plugin(e), runner_cli_args(e, args.namespace)) for e in entries]
-    return run_nodes(factories, exit_when_done=args.exit_when_done, num_threads=args.threads)
+    plan = plan_graph(
+        args.groups.split(",") if args.groups else [], sim=args.sim, policy=args.policy or "",
+        episodes=args.episodes, seed=args.seed, results_file=args.results or "",
+        episode_limit_steps=args.episode_steps,
+    )  # fmt: skip
+    entries = select(load_node_list(), plan.groups)
+    if args.rviz:
+        print("grrl up: rviz2 is not installed here; on a ROS 2 install run "
+              "`rviz2 -d $(ros2 pkg prefix grrl_bringup)/share/grrl_bringup/rviz/grrl.rviz`",
+              file=sys.stderr)  # fmt: skip
+    factories = _factories(entries, plan.overrides, args.namespace)
+    exit_when_done = args.exit_when_done or bool(args.episodes)
+    return run_nodes(factories, exit_when_done=exit_when_done, num_threads=args.threads)
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -32,24 +52,14 @@ def _collect(args: argparse.Namespace) -> int:
 
     if not args.sim:
         raise NodeListError("collect needs --sim (a real robot records with robot.launch.py)")
-    overrides = {
-        "sim_node": {"pacing": "fast", "obs_mode": args.obs},
-        "teleop_node": {"device": "scripted", "episodes": args.episodes, "seed": args.seed,
-                        "operator": args.operator, "use_sim_time": True},
-        "recorder_node": {"dataset_dir": str(args.out), "episodes": args.episodes,
-                          "use_sim_time": True},
-    }  # fmt: skip
-    entries = select(load_node_list(), ["sim", "teleop", "record"])
-    factories = []
-    for entry in entries:
-        cli_args = runner_cli_args(entry)
-        for name, value in overrides.get(entry.name, {}).items():
-            cli_args += [
-                "-p",
-                f"{name}:={str(value).lower() if isinstance(value, bool) else value}",
-            ]
-        factories.append((resolve_plugin(entry), cli_args))
-    return run_nodes(factories, exit_when_done=True)
+    plan = plan_graph(["teleop", "record"], sim=True)
+    overrides = plan.overrides
+    overrides["sim_node"].update(pacing="fast", obs_mode=args.obs)
+    overrides["teleop_node"].update(device="scripted", episodes=args.episodes, seed=args.seed,
+                                    operator=args.operator)  # fmt: skip
+    overrides["recorder_node"].update(dataset_dir=str(args.out), episodes=args.episodes)
+    entries = select(load_node_list(), plan.groups)
+    return run_nodes(_factories(entries, overrides), exit_when_done=True)
 
 
 def _nodes(args: argparse.Namespace) -> int:
@@ -68,8 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run node groups of the graph in one process")
-    up.add_argument("--groups", default="interface_check", help="comma-separated node groups")
+    up = sub.add_parser("up", help="run the graph (or node groups of it) in one process")
+    up.add_argument("--groups", default="", help="comma-separated node groups")
+    up.add_argument("--sim", action="store_true", help="the embedded MuJoCo robot")
+    up.add_argument("--policy", default=None, help="deploy this checkpoint (policy + smoother)")
+    up.add_argument(
+        "--episodes",
+        type=int,
+        default=0,
+        help="with --sim: run and score this many episodes, then exit",
+    )
+    up.add_argument("--seed", type=int, default=None, help="first episode's seed (held-out)")
+    up.add_argument("--results", default=None, help="write the episodes' JSON summary here")
+    up.add_argument(
+        "--episode-steps",
+        type=int,
+        default=0,
+        help="with --sim: control steps before an episode times out (0 = sim.yaml)",
+    )
+    up.add_argument("--rviz", action="store_true", help="also start RViz (ROS 2 installs)")
     up.add_argument("--namespace", default="", help="namespace for every node")
     up.add_argument("--threads", type=int, default=None, help="executor threads (default: cpus)")
     up.add_argument(

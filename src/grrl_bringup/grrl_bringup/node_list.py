@@ -137,3 +137,77 @@ def runner_cli_args(entry: NodeEntry, namespace: str = "", config: Path | None =
         params_files=entry.parameter_files(config),
         remappings=entry.remappings,
     )
+
+
+# --- deployment graph: what `robot.launch.py sim:= policy:=` and `grrl up --sim --policy` start --
+@dataclass
+class GraphPlan:
+    """Node groups plus per-node parameter overrides (the same for launch and the runner)."""
+
+    groups: list[str]
+    overrides: dict[str, dict[str, Any]]
+
+
+def policy_observes_pixels(policy: str | Path) -> bool:
+    """Whether a checkpoint's policy reads cameras (read from its config.json, no torch)."""
+    import json
+
+    config = Path(policy) / "config.json"
+    try:
+        document = json.loads(config.read_text())
+        return bool(document["policy"].get("cameras"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NodeListError(f"{policy}: not a policy checkpoint ({exc})") from None
+
+
+def plan_graph(
+    groups: Iterable[str] = (),
+    *,
+    sim: bool = False,
+    policy: str = "",
+    episodes: int = 0,
+    seed: int | None = None,
+    results_file: str = "",
+    episode_limit_steps: int = 0,
+) -> GraphPlan:
+    """The deployment graph: ``sim`` adds the MuJoCo robot (everything on sim time), ``policy``
+    adds policy_node + smoother_node with that checkpoint, ``episodes`` > 0 adds the episode
+    runner that scores them (sim only)."""
+    wanted = [g for g in groups if g]
+    overrides: dict[str, dict[str, Any]] = {}
+    if sim:
+        wanted.append("sim")
+        overrides["sim_node"] = {"pacing": "realtime"}
+        if episode_limit_steps:
+            overrides["sim_node"]["episode_limit_steps"] = episode_limit_steps
+    if policy:
+        policy = str(Path(policy).resolve())
+        wanted.append("policy")
+        overrides["policy_node"] = {"policy": policy}
+        if sim:
+            overrides["sim_node"]["obs_mode"] = (
+                "pixels" if policy_observes_pixels(policy) else "state"
+            )
+    if episodes:
+        if not sim:
+            raise NodeListError("scoring episodes needs the sim (--sim / sim:=true)")
+        wanted.append("runner")
+        overrides["episode_runner"] = {"episodes": episodes, "results_file": results_file}
+        if seed is not None:
+            overrides["episode_runner"]["seed"] = seed
+        overrides.setdefault("policy_node", {})["episode_gating"] = True
+    if sim:  # the sim publishes /clock; nodes fed by it run on its time (the runner is wall-clock)
+        for name in ("sim_node", "policy_node", "smoother_node", "teleop_node", "recorder_node"):
+            overrides.setdefault(name, {})["use_sim_time"] = True
+    if not wanted:
+        raise NodeListError("nothing to start: name groups, --sim or --policy")
+    return GraphPlan(list(dict.fromkeys(wanted)), overrides)
+
+
+def parameter_args(overrides: dict[str, Any]) -> list[str]:
+    """``-p name:=value`` arguments for the composed runner (``--ros-args`` already given)."""
+    args: list[str] = []
+    for name, value in overrides.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        args += ["-p", f"{name}:={text}"]
+    return args

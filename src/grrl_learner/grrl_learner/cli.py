@@ -95,6 +95,17 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-envs", type=int, default=50, help="episodes run in lockstep")
     p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--latency-steps",
+        type=int,
+        default=0,
+        help="simulated inference latency in control steps (a chunk's first actions are late)",
+    )
+    p.add_argument(
+        "--rtc",
+        action="store_true",
+        help="real-time chunking: inpaint each chunk's prefix from the previous chunk",
+    )
     p.add_argument("--episodes-out", default=None, help="also write per-episode JSON here")
     p.set_defaults(func=run_eval)  # fmt: skip
 
@@ -111,7 +122,7 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         episodes=args.episodes, seed=args.seed, obs_mode=args.obs,
         replan_every=args.replan_every, batch_envs=args.batch_envs, device=args.device,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps, latency_steps=args.latency_steps, rtc=args.rtc,
         smoother=SmootherConfig(control_dt=policy.control_dt, mode=args.smoother,
                                 receding_steps=args.replan_every),
     )  # fmt: skip

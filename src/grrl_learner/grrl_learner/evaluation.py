@@ -5,11 +5,17 @@ has its own :class:`~grrl_policy.smoother.ChunkSmoother` — the same implementa
 smoother node runs on the robot — so what is scored is what would be executed. At each replan
 the policy sees the observation of time t and its chunk starts at t (action 0 is the command
 for t, as in the recorded data); the smoother emits the command for t and the sim steps.
+
+Inference latency can be simulated: the chunk computed from the observation of t then reaches
+the smoother at t + latency_steps·dt, its start still t, so its first latency_steps actions
+are already late; an env waits for its chunk in flight before asking for the next one. With
+``rtc``, each new chunk is sampled with its prefix guided toward the env's previous chunk
+(real-time chunking, :mod:`grrl_policy.rtc`). Every chunk switch's discontinuity (max-abs
+joint difference at the new chunk's first executed action) is recorded.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +26,9 @@ import torch
 
 from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
+from grrl_common.stats import wilson_interval
 from grrl_learner import HELD_OUT_SEED
+from grrl_policy import rtc as rtc_guide
 from grrl_policy.checkpoint import LoadedPolicy
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
 from grrl_sim.task import STAGES, InsertionTask, Observation, TaskConfig
@@ -28,17 +36,6 @@ from grrl_sim.task import STAGES, InsertionTask, Observation, TaskConfig
 
 class EvalError(GrrlError):
     """An evaluation that cannot run as asked; one line."""
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
@@ -53,6 +50,10 @@ class EvalConfig:
     instruction: str | None = None  # None: the one the policy was trained with
     noise_scale: float = 1.0  # initial flow noise ~ N(0, scale² I); 0 = deterministic
     device: str = "cpu"
+    # simulated inference latency: a chunk from the observation of t reaches the smoother at
+    # t + latency_steps·dt, still starting at t (its first latency_steps actions are late)
+    latency_steps: int = 0
+    rtc: bool = False  # sample each chunk with the prefix guide from the env's previous chunk
 
 
 @dataclass
@@ -62,6 +63,8 @@ class EpisodeResult:
     steps: int
     stages: dict[str, bool]
     peg_side: str
+    # per chunk switch: max-abs joint jump at the new chunk's first executed action (robot units)
+    switch_jumps: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class EvalResult:
         wins = sum(e.success for e in self.episodes)
         lo, hi = wilson_interval(wins, n)
         steps = np.array([e.steps for e in self.episodes], float) if n else np.zeros(1)
+        jumps = np.array([j for e in self.episodes for j in e.switch_jumps], float)
         return {
             "episodes": n,
             "success": wins / n if n else 0.0,
@@ -83,6 +87,8 @@ class EvalResult:
             "mean_length_steps": float(steps.mean()),
             "mean_length_s": float(steps.mean() * self.control_dt),
             "eval_seconds": round(self.seconds, 2),
+            "switch_jump_mean": float(jumps.mean()) if jumps.size else None,
+            "switch_jump_p95": float(np.percentile(jumps, 95)) if jumps.size else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +116,11 @@ def evaluate(
     trained = "pixels" if cameras else "state"
     if cfg.obs_mode and cfg.obs_mode != trained:
         raise EvalError(f"the policy observes {trained}, not {cfg.obs_mode} (leave --obs out)")
+    if not 0 <= cfg.latency_steps < policy.config.chunk:
+        raise EvalError(
+            f"latency_steps must be in [0, {policy.config.chunk}) for chunks of "
+            f"{policy.config.chunk} actions, got {cfg.latency_steps}"
+        )
     with_objects = bool(meta.get("object_poses", not cameras))
     instruction = cfg.instruction or meta.get("instruction", "")
     # pixels mode only adds images; object poses are read from the task when the policy uses them
@@ -160,14 +171,35 @@ def _run_batch(
         smoother.reset(obs.joint_positions, time=-dt)  # the last command was for t = −dt
         smoothers.append(smoother)
     done: list[EpisodeResult | None] = [None] * len(tasks)
+    k, n_actions = policy.model.chunk_shape
+    # per env: the chunk it executes now (actions, start time), the one being computed
+    # (arrival step, actions, start time), and the discontinuity of every chunk switch
+    previous: list[tuple[np.ndarray, float] | None] = [None] * len(tasks)
+    in_flight: dict[int, tuple[int, np.ndarray, float]] = {}
+    jumps: list[list[float]] = [[] for _ in tasks]
+
+    def deliver(i: int, actions: np.ndarray, start: float) -> None:
+        if previous[i] is not None:
+            before, before_start = previous[i]
+            jumps[i].append(
+                rtc_guide.switch_jump(before, before_start, actions, start, dt, cfg.latency_steps)
+            )
+        smoothers[i].add_chunk(actions, start_time=start, dt=dt)
+        previous[i] = (actions, start)
+
     for step in range(limit):
         active = [i for i, d in enumerate(done) if d is None]
         if not active:
             break
+        for i in active:  # chunks computed latency_steps ago reach the smoother now
+            if i in in_flight and in_flight[i][0] == step:
+                _, actions, start = in_flight.pop(i)
+                deliver(i, actions, start)
+        # one inference per env at a time: an env with a chunk in flight waits for it
         if smoother_cfg.mode == "receding":  # a new chunk once h actions have been executed
-            due = [i for i in active if smoothers[i].chunk_due]
+            due = [i for i in active if smoothers[i].chunk_due and i not in in_flight]
         else:
-            due = active if step % cfg.replan_every == 0 else []
+            due = [i for i in active if i not in in_flight] if step % cfg.replan_every == 0 else []
         if due:
             states = np.stack([policy_state(tasks[i], observations[i], with_objects) for i in due])
             images = None
@@ -178,9 +210,23 @@ def _run_batch(
             noise = cfg.noise_scale * torch.randn(
                 (len(due), *policy.model.chunk_shape), generator=generator, device=cfg.device
             )
-            chunks, _ = policy.act(states, [instruction] * len(due), images, noise=noise)
+            guide: dict[str, np.ndarray] = {}
+            if cfg.rtc and any(previous[i] is not None for i in due):
+                # envs without a previous chunk get zero weights: their sample is unguided
+                target = np.repeat(states[:, None, :n_actions], k, axis=1)
+                weights = np.zeros((len(due), k))
+                for row, i in enumerate(due):
+                    if previous[i] is not None:
+                        target[row], weights[row] = rtc_guide.prefix_guide(
+                            previous[i][0], previous[i][1], dt, step * dt, cfg.latency_steps, k
+                        )
+                guide = {"guide_target": target, "guide_weights": weights}
+            chunks, _ = policy.act(states, [instruction] * len(due), images, noise=noise, **guide)
             for row, i in enumerate(due):
-                smoothers[i].add_chunk(chunks[row], start_time=step * dt, dt=dt)
+                if cfg.latency_steps == 0:
+                    deliver(i, chunks[row], step * dt)
+                else:
+                    in_flight[i] = (step + cfg.latency_steps, chunks[row], step * dt)
         for i in active:
             command = smoothers[i].step()
             outcome = tasks[i].step(command.position)
@@ -193,5 +239,6 @@ def _run_batch(
                     steps=step + 1,
                     stages={s: bool(getattr(reached, s)) for s in STAGES},
                     peg_side=tasks[i].peg_arm,
+                    switch_jumps=jumps[i],
                 )
     return [d for d in done if d is not None]

@@ -22,7 +22,7 @@ from safetensors.torch import load_model, save_model
 
 from grrl_common.errors import GrrlError
 from grrl_policy.encoders import ObservationBatch
-from grrl_policy.model import FlowMatchingPolicy, PolicyConfig
+from grrl_policy.model import FlowMatchingPolicy, PolicyConfig, PrefixGuide
 from grrl_policy.normalization import NormStats
 
 FORMAT = "grrl-policy-1"
@@ -81,10 +81,29 @@ class LoadedPolicy:
         images: np.ndarray | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        guide_target: np.ndarray | None = None,
+        guide_weights: np.ndarray | None = None,
+        max_guidance: float = 5.0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Sample chunks: → (actions (B, k, n) in robot units, initial noise (B, k, n))."""
+        """Sample chunks: → (actions (B, k, n) in robot units, initial noise (B, k, n)).
+
+        ``guide_target`` (B, k, n) robot units and ``guide_weights`` (B, k) in [0, 1] inpaint
+        the chunks' prefixes (real-time chunking, see :mod:`grrl_policy.rtc`).
+        """
         obs = self.observation(states, instructions, images)
-        chunk, used = self.model.sample(obs, noise=noise, generator=generator)
+        guide = None
+        if (guide_target is None) != (guide_weights is None):
+            raise ValueError("guide_target and guide_weights go together")
+        if guide_target is not None:
+            target = np.asarray(guide_target, np.float32)
+            if self.config.action_mode == "delta":  # the model's actions are relative, too
+                target = target - np.asarray(states, np.float32)[:, None, : target.shape[-1]]
+            guide = PrefixGuide(
+                torch.from_numpy(self.norm.normalize_action(target)).to(self.device),
+                torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device),
+                max_guidance,
+            )
+        chunk, used = self.model.sample(obs, noise=noise, generator=generator, guide=guide)
         actions = self.norm.denormalize_action(chunk.float().cpu().numpy())
         if self.config.action_mode == "delta":  # relative to the joints the chunk starts from
             actions = actions + np.asarray(states, np.float32)[:, None, : actions.shape[-1]]

@@ -8,6 +8,9 @@ time embedding); RMSNorm normalises attention and FFN inputs.
 Flow matching (SPEC §4): x_τ = (1−τ)·x0 + τ·x1, x0 ~ N(0, I) or the noise predictor's ε,
 target velocity x1 − x0; sampling integrates Euler steps from an *explicit* initial noise,
 which online RL supplies, and returns that noise with the chunk.
+
+Real-time chunking (Black et al. 2025): an optional :class:`PrefixGuide` inpaints the actions
+already committed from the previous chunk by ΠGDM guidance of each Euler step.
 """
 
 from __future__ import annotations
@@ -78,6 +81,31 @@ class PolicyConfig:
             if isinstance(d.get(key), dict):
                 d[key] = sub(**d[key])
         return cls(**d)
+
+
+@dataclass
+class PrefixGuide:
+    """Guided inpainting of a chunk's prefix (real-time chunking, Black et al. 2025).
+
+    ``target`` (B, k, A) in the model's normalised action space; ``weights`` (B, k) or (k,)
+    in [0, 1]: how strongly each action is pulled to its target (1: committed, 0: free).
+    ``max_guidance`` is the paper's β, the clip of the guidance weight g(τ).
+    """
+
+    target: torch.Tensor
+    weights: torch.Tensor
+    max_guidance: float = 5.0
+
+
+def guidance_weight(tau: float, max_guidance: float) -> float:
+    """ΠGDM guidance weight g(τ) = min(β, (1−τ) / (τ·r²)), r² = (1−τ)² / (τ² + (1−τ)²).
+
+    Simplified, (1−τ)/(τ·r²) = (τ² + (1−τ)²) / (τ·(1−τ)), which is unbounded at both ends of
+    the flow: there the clip β applies (no division by zero at τ = 0).
+    """
+    if tau <= 0.0 or tau >= 1.0:
+        return max_guidance
+    return min(max_guidance, (tau * tau + (1.0 - tau) ** 2) / (tau * (1.0 - tau)))
 
 
 def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
@@ -233,20 +261,35 @@ class FlowMatchingPolicy(nn.Module):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         ctx: EncoderOutput | None = None,
+        guide: PrefixGuide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integrate the flow from ``noise`` (default N(0, I)) → (chunk, the noise used)."""
+        """Integrate the flow from ``noise`` (default N(0, I)) → (chunk, the noise used).
+
+        With ``guide``, the chunk's prefix is inpainted toward ``guide.target`` (see
+        :meth:`integrate`); gradients for the guidance are enabled locally.
+        """
         ctx = self.encode(obs) if ctx is None else ctx
         b = ctx.pooled.shape[0]
         if noise is None:
             noise = torch.randn(
                 (b, *self.chunk_shape), generator=generator, device=ctx.pooled.device
             )
-        return self.integrate(ctx, noise, steps), noise
+        return self.integrate(ctx, noise, steps, guide), noise
 
     def integrate(
-        self, ctx: EncoderOutput, noise: torch.Tensor, steps: int | None = None
+        self,
+        ctx: EncoderOutput,
+        noise: torch.Tensor,
+        steps: int | None = None,
+        guide: PrefixGuide | None = None,
     ) -> torch.Tensor:
-        """Euler integration of the velocity field from ``noise`` (differentiable under grad)."""
+        """Euler integration of the velocity field from ``noise`` (differentiable under grad).
+
+        With ``guide``, each step's velocity v at state x and time τ gets the ΠGDM correction
+        ``g(τ) · (∂x̂1/∂x)ᵀ e`` with x̂1 = x + (1−τ)·v the predicted clean chunk and
+        e = weights · (target − x̂1). The correction is a constant to any outer backward pass
+        (no second-order terms); the unguided velocity stays differentiable.
+        """
         b = ctx.pooled.shape[0]
         if noise.shape != (b, *self.chunk_shape):
             raise ValueError(
@@ -254,10 +297,59 @@ class FlowMatchingPolicy(nn.Module):
             )
         steps = steps or self.cfg.flow_steps
         x = noise.to(ctx.pooled.dtype)
+        target, weights = self._guide_tensors(guide, x) if guide is not None else (None, None)
         for i in range(steps):
             tau = torch.full((b,), i / steps, device=x.device)
-            x = x + self.expert(x, tau, ctx) / steps
+            if guide is None:
+                x = x + self.expert(x, tau, ctx) / steps
+            else:
+                velocity = self._guided_velocity(
+                    x, tau, i / steps, ctx, target, weights, guide.max_guidance
+                )
+                x = x + velocity / steps
         return x
+
+    def _guide_tensors(
+        self, guide: PrefixGuide, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's target (B, k, A) and weights (B, k, 1), checked and on x's device."""
+        target = guide.target.to(device=x.device, dtype=x.dtype)
+        if target.shape != x.shape:
+            raise ValueError(
+                f"guide target must have shape {tuple(x.shape)}, got {tuple(target.shape)}"
+            )
+        weights = guide.weights.to(device=x.device, dtype=x.dtype)
+        if weights.shape not in ((x.shape[1],), tuple(x.shape[:2])):
+            raise ValueError(
+                f"guide weights must have shape {tuple(x.shape[:2])} or ({x.shape[1]},), "
+                f"got {tuple(weights.shape)}"
+            )
+        return target, weights.expand(x.shape[:2])[..., None]
+
+    def _guided_velocity(
+        self,
+        x: torch.Tensor,
+        tau: torch.Tensor,
+        tau_value: float,
+        ctx: EncoderOutput,
+        target: torch.Tensor,
+        weights: torch.Tensor,
+        max_guidance: float,
+    ) -> torch.Tensor:
+        """v + g(τ)·VJP(∂x̂1/∂x, e): the velocity pulled toward the guide's target."""
+        outer_grad = torch.is_grad_enabled()
+        with torch.enable_grad():  # sample() runs under no_grad; the VJP needs a graph
+            # an x that is already part of an outer graph is kept, so v stays differentiable
+            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+            velocity = self.expert(x_in, tau, ctx)
+            x1_hat = x_in + (1.0 - tau_value) * velocity
+            error = weights * (target - x1_hat.detach())
+            (correction,) = torch.autograd.grad(
+                x1_hat, x_in, grad_outputs=error, retain_graph=outer_grad
+            )
+        if not outer_grad:
+            velocity = velocity.detach()  # free the graph built only for the VJP
+        return velocity + guidance_weight(tau_value, max_guidance) * correction
 
     def predict_noise(self, ctx: EncoderOutput) -> torch.Tensor:
         """The noise predictor's ε for these observations, shaped like a chunk."""

@@ -35,7 +35,7 @@ from grrl_common.runtime import node_main
 from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import ResetEpisode
 from grrl_sim.async_render import AsyncRenderer
-from grrl_sim.task import InsertionTask, TaskConfig
+from grrl_sim.task import STAGES, InsertionTask, TaskConfig
 
 
 def _pose(row: np.ndarray) -> Pose:
@@ -271,10 +271,13 @@ class SimNode(Node):
             result = self.task.step(self._target)
             if self._episode_active and result.done:
                 self._episode_active = False
+                reached = [name for name in STAGES if getattr(self.task.reached, name)]
                 self._publish_event(
                     EpisodeEvent.END,
                     success=result.success,
-                    note="success" if result.success else "timeout",
+                    # the stages reached, for per-stage scoring through the graph
+                    note=f"{'success' if result.success else 'timeout'}; reached: "
+                    + (" ".join(reached) or "none"),
                 )
         self._publish_sensors()
 

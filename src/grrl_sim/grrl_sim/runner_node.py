@@ -1,0 +1,163 @@
+"""episode_runner: runs seeded sim episodes through the live graph and scores them.
+
+For each of ``episodes`` seeds it calls the sim's ``ResetEpisode`` service, publishes an
+``EpisodeEvent`` START (so the policy and smoother start over from the reset scene) and waits for
+the sim's END (success, stages reached) or a wall-clock timeout (then ABORT). When all are done
+it logs and writes a JSON summary — success, Wilson 95 % CI, per-stage success — and sets
+``done``, so ``grrl up --exit-when-done`` returns. What is scored is what the deployed graph did:
+policy_node → smoother_node → sim, over DDS.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from grrl_common import contract
+from grrl_common.contract import QosKind, qos_profile
+from grrl_common.parameters import Param, declare
+from grrl_common.runtime import node_main
+from grrl_common.stats import success_summary
+from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.srv import ResetEpisode
+from grrl_sim.task import STAGES
+
+
+def parse_reached(note: str) -> dict[str, bool]:
+    """The stages named in the sim's END note (``"timeout; reached: peg_grasped …"``)."""
+    _, _, tail = note.partition("reached:")
+    named = set(tail.split())
+    return {stage: stage in named for stage in STAGES}
+
+
+class EpisodeRunner(Node):
+    """Reset → START → wait for END, ``episodes`` times; then a summary."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("episode_runner", **node_kwargs)
+        p = declare(
+            self,
+            [
+                Param("episodes", 10, "Episodes to run.", 1, 10**6),
+                Param("seed", 1_000_000, "Seed of the first episode (held-out seeds).",
+                      0, 2**31 - 1),
+                Param("instruction", "", "Instruction to publish ('' = leave it to the policy)."),
+                Param("timeout_s", 60.0, "Wall seconds before an episode is aborted.",
+                      1.0, 3600.0),
+                Param("results_file", "", "Write the JSON summary and episodes here."),
+                Param("service_timeout_s", 30.0, "Wait this long for the sim's reset service.",
+                      1.0, 600.0),
+            ],
+        )  # fmt: skip
+        self._p = p
+        self.done = threading.Event()
+        self.exit_code = 0
+        self.results: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._current: dict[str, Any] | None = None
+        self._waiting_reset = False
+        self._created = time.monotonic()
+        latched = qos_profile(QosKind.LATCHED)
+        self._event_pub = self.create_publisher(EpisodeEvent, contract.EPISODE_EVENT, latched)
+        self._instruction_pub = self.create_publisher(String, contract.INSTRUCTION, latched)
+        self.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, self._on_event, latched)
+        self._reset = self.create_client(ResetEpisode, contract.RESET_EPISODE_SERVICE)
+        if p["instruction"]:
+            self._instruction_pub.publish(String(data=p["instruction"]))
+        self.create_timer(0.05, self._tick)
+
+    def _publish(self, kind: int, episode_id: str, note: str = "") -> None:
+        event = EpisodeEvent(type=kind, episode_id=episode_id, source="runner", note=note)
+        event.header.stamp = self.get_clock().now().to_msg()
+        self._event_pub.publish(event)
+
+    def _tick(self) -> None:
+        if self.done.is_set():
+            return
+        with self._lock:
+            current, waiting = self._current, self._waiting_reset
+        if waiting:
+            return
+        if current is not None:
+            if time.monotonic() - current["wall_start"] > self._p["timeout_s"]:
+                self._publish(EpisodeEvent.ABORT, current["episode_id"], "runner timeout")
+                self._finish(success=False, reached={s: False for s in STAGES}, note="timeout")
+            return
+        index = len(self.results)
+        if index >= self._p["episodes"]:
+            return self._complete()
+        if not self._reset.service_is_ready():
+            if time.monotonic() - self._created > self._p["service_timeout_s"]:
+                self.get_logger().error("no ResetEpisode service (is the sim running?)")
+                self.exit_code = 1
+                self.done.set()
+            return
+        seed = self._p["seed"] + index
+        with self._lock:
+            self._waiting_reset = True
+        future = self._reset.call_async(ResetEpisode.Request(seed=seed))
+        future.add_done_callback(lambda f, s=seed: self._on_reset(f, s))
+
+    def _on_reset(self, future: Any, seed: int) -> None:
+        response = future.result()
+        if response is None or not response.ok:
+            self.get_logger().error(
+                f"reset with seed {seed} failed: {getattr(response, 'message', 'no response')}"
+            )
+            self.exit_code = 1
+            self.done.set()
+            return
+        episode_id = f"eval-{seed}"
+        with self._lock:
+            self._current = {"episode_id": episode_id, "seed": seed, "wall_start": time.monotonic()}
+            self._waiting_reset = False
+        self._publish(EpisodeEvent.START, episode_id)
+
+    def _on_event(self, msg: EpisodeEvent) -> None:
+        with self._lock:
+            current = self._current
+        if (
+            current is None
+            or msg.type != EpisodeEvent.END
+            or msg.episode_id != current["episode_id"]
+        ):
+            return
+        self._finish(success=bool(msg.success), reached=parse_reached(msg.note), note=msg.note)
+
+    def _finish(self, success: bool, reached: dict[str, bool], note: str) -> None:
+        with self._lock:
+            current, self._current = self._current, None
+        if current is None:
+            return
+        seconds = time.monotonic() - current["wall_start"]
+        self.results.append({"seed": current["seed"], "success": success, "stages": reached,
+                             "wall_s": round(seconds, 2), "note": note})  # fmt: skip
+        n = len(self.results)
+        wins = sum(r["success"] for r in self.results)
+        self.get_logger().info(
+            f"episode {n}/{self._p['episodes']} (seed {current['seed']}): "
+            f"{'success' if success else 'failure'} in {seconds:.1f} s — {wins}/{n} so far"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return success_summary(
+            [r["success"] for r in self.results], [r["stages"] for r in self.results], STAGES
+        )
+
+    def _complete(self) -> None:
+        summary = self.summary()
+        self.get_logger().info(f"done: {json.dumps(summary)}")
+        if self._p["results_file"]:
+            path = Path(self._p["results_file"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"summary": summary, "episodes": self.results}, indent=1))
+        self.done.set()
+
+
+main = node_main(EpisodeRunner)
