@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_bc(sub)
     add_eval(sub)
 
+    from grrl_bringup.demo import add_demo
+
+    add_demo(sub)
+
     nodes = sub.add_parser("nodes", help="print the node list")
     nodes.add_argument("--groups", default="", help="only these groups")
     nodes.set_defaults(func=_nodes)

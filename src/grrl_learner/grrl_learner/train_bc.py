@@ -81,6 +81,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+LOG_EVERY = 100  # steps per loss record in <out>.log.jsonl
+
+
 # --- distributed helpers --------------------------------------------------------------------
 def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -291,6 +294,8 @@ class BCTrainer:
         cfg, out = self.cfg, self.out
         start = 0 if cfg.restart else _maybe_resume(cfg, out, self.model, self.ema, self.opt)
         log_path = out.with_name(out.name + ".log.jsonl")
+        if start == 0 and self.rank == 0:
+            log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
         bar = None
         if self.rank == 0 and cfg.progress:
             from tqdm import tqdm
@@ -298,10 +303,16 @@ class BCTrainer:
             bar = tqdm(total=cfg.steps, initial=start, desc="train-bc", unit="step",
                        dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         began = time.monotonic()
+        loss_sum, loss_count = 0.0, 0
         for step in range(start, cfg.steps):
             loss = self.compute_gradients(step)
             self.optimizer_step(step)
             done = step + 1
+            loss_sum, loss_count = loss_sum + loss.detach(), loss_count + 1
+            if done % LOG_EVERY == 0 and self.rank == 0:  # the mean since the last record
+                _log(log_path, {"step": done, "loss": float(loss_sum) / loss_count,
+                                "minutes": round((time.monotonic() - began) / 60, 3)})  # fmt: skip
+                loss_sum, loss_count = 0.0, 0
             if bar is not None:
                 bar.update(1)
                 if done % 20 == 0:
@@ -312,7 +323,6 @@ class BCTrainer:
             if done % cfg.save_every == 0 or done == cfg.steps or out_of_time:
                 if self.rank == 0:
                     self.save(done)
-                    _log(log_path, {"step": done, "loss": loss.item()})
             if cfg.eval_every and done % cfg.eval_every == 0 and self.rank == 0:
                 summary = periodic_eval(
                     LoadedPolicy(self.ema, self.norm, self.joint_names, self.control_dt, self.meta),

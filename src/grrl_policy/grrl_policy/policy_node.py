@@ -1,11 +1,12 @@
 """policy_node: observations in, ``ActionChunk``s out (thin over the policy core).
 
 Subscribes the policy's cameras, ``/joint_states``, ``/grrl/object_poses`` (state-mode
-policies), ``/grrl/instruction``, ``/grrl/episode_event`` and ``/grrl/policy_update``. Every
-``chunk_period_s`` it assembles the latest inputs (each within ``max_age_s``) and hands them to
-the inference worker (:class:`grrl_policy.inference.PolicyRunner`), so no callback ever waits
-on the model. A missing or stale input means no chunk: the smoother's watchdog then brings the
-robot smoothly to rest and holds, and ``/diagnostics`` says which input is missing. Publishes
+policies), ``/grrl/instruction``, ``/grrl/episode_event`` and ``/grrl/policy_update``. When a
+chunk is due (every ``chunk_period_s``) the next joint state triggers it: the latest inputs (each
+within ``max_age_s``) go to the inference worker (:class:`grrl_policy.inference.PolicyRunner`),
+so the observation is fresh and no callback ever waits on the model. A missing or stale input
+means no chunk: the smoother's watchdog then brings the robot smoothly to rest and holds, and
+``/diagnostics`` says which input is missing. Publishes
 ``/grrl/action_chunk`` (stamp = observation time, noise, version, inference ms) and
 ``/grrl/markers`` (each gripper's predicted path and, with a critic, a progress bar).
 """
@@ -87,6 +88,10 @@ class PolicyNode(Node):
         self._active = not self._gating
         self._lock = threading.Lock()
         self._problems: list[str] = []  # why the last request could not be served
+        self._holding_since: float | None = None
+        self._period = p["chunk_period_s"]
+        self._last_request = -float("inf")
+        self._request_lock = threading.Lock()
         self._input_errors: dict[str, str] = {}  # topic → refusal since the last report
         self._last_refusal: dict[str, str] = {}  # topic → last refusal (log each new one)
         self.refused_inputs = 0
@@ -175,6 +180,8 @@ class PolicyNode(Node):
         )
         if reason:
             self._refuse(contract.JOINT_STATES, reason)
+        else:
+            self._request_chunk(fresh_joints=True)
 
     def _on_objects(self, msg: PoseArray) -> None:
         rows = [
@@ -237,18 +244,41 @@ class PolicyNode(Node):
 
     # -- chunks ---------------------------------------------------------------------------
 
-    def _request_chunk(self) -> None:
+    def _request_chunk(self, fresh_joints: bool = False) -> None:
+        """Hand the latest observation to the worker when a chunk is due and none is in work.
+
+        Called on every joint state (so the observation is as fresh as it gets) and by a timer
+        (so missing joint states are noticed and reported)."""
         if not self._active or self.runner.busy:
             return
-        inputs, problems = self.assembler.assemble(self._now())
+        if not self._request_lock.acquire(blocking=False):
+            return  # another callback is requesting right now
+        try:
+            self._request_locked(fresh_joints)
+        finally:
+            self._request_lock.release()
+
+    def _request_locked(self, fresh_joints: bool) -> None:
+        now = self._now()
+        since = now - self._last_request
+        # joint states drive requests; the timer steps in only when they are missing
+        if since < self._period - 1e-4 or (not fresh_joints and since < 1.5 * self._period):
+            return
+        inputs, problems = self.assembler.assemble(now)
         with self._lock:
             self._problems = problems
         if inputs is None:
-            self.get_logger().warning(
-                f"holding, no chunk: {'; '.join(problems)}", throttle_duration_sec=2.0
-            )
+            if self._holding_since is None:
+                self._holding_since = now
+            # the first messages after a start or reset take a moment: warn when it lasts
+            if now - self._holding_since > self.assembler.max_age_s:
+                self.get_logger().warning(
+                    f"holding, no chunk: {'; '.join(problems)}", throttle_duration_sec=2.0
+                )
             return
-        self.runner.submit(inputs)
+        self._holding_since = None
+        if self.runner.submit(inputs):
+            self._last_request = now
 
     def _publish_chunk(self, chunk: GeneratedChunk) -> None:
         """On the inference thread: the chunk as an ActionChunk, then its markers."""

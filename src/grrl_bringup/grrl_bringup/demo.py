@@ -1,0 +1,169 @@
+"""``grrl demo``: the whole loop on the embedded sim, in a quick budget.
+
+1. collect noisy demonstrations through the ROS graph (sim + scripted operator via teleop +
+   recorder → rosbag2 MCAP episodes);
+2. train a BC policy on them (``grrl train-bc``, wall-time budget);
+3. score it in the sim core through the deployment smoother (``grrl eval``);
+4. deploy it in the ROS graph with the sim (``grrl up --sim --policy … --episodes N``:
+   policy_node → smoother_node → sim_node over DDS) and score those episodes;
+5. print a summary table and write ``report.md`` with PNG plots.
+
+Each stage is the same command a user would type, run as a subprocess; finished stages are kept
+(their outputs exist) unless ``--fresh``, so a second run only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from grrl_common.errors import GrrlError
+
+
+class DemoError(GrrlError):
+    """A demo stage failed; one line naming it."""
+
+
+def _run(stage: str, argv: list[str], log: Path) -> str:
+    """Run one stage, its stderr to the terminal (progress bars) and a log; return stdout."""
+    print(f"\n== {stage}: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    with open(log, "w") as handle:
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        handle.write(result.stdout)
+    if result.returncode != 0:
+        tail = result.stdout.strip().splitlines()[-1:] or ["no output"]
+        raise DemoError(f"{stage} failed (exit {result.returncode}): {tail[0]} (log: {log})")
+    print(f"   {stage} done in {(time.monotonic() - started) / 60:.1f} min", file=sys.stderr)
+    return result.stdout
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    grrl = shutil.which("grrl") or sys.argv[0]
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    data, policy = out / "demos", out / "policy_bc"
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn) -> Any:
+        started = time.monotonic()
+        value = fn()
+        timings[name] = round((time.monotonic() - started) / 60, 2)
+        return value
+
+    if not (data / "index.json").exists():
+        timed(
+            "collect",
+            lambda: _run(
+                "collect",
+                [
+                    grrl,
+                    "collect",
+                    "--sim",
+                    "--episodes",
+                    str(args.episodes),
+                    "--obs",
+                    "state",
+                    "--operator",
+                    "noisy",
+                    "--seed",
+                    "0",
+                    "--out",
+                    str(data),
+                ],
+                logs / "collect.log",
+            ),
+        )
+    if not (policy / "model.safetensors").exists() or args.fresh:
+        timed(
+            "train",
+            lambda: _run(
+                "train BC",
+                [
+                    grrl,
+                    "train-bc",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(policy),
+                    "--restart",
+                    "--steps",
+                    str(args.train_steps),
+                    "--max-minutes",
+                    str(args.train_minutes),
+                    "--no-progress",
+                ],
+                logs / "train.log",
+            ),
+        )
+    core_file = out / "eval_core.json"
+    timed(
+        "eval_core",
+        lambda: _run(
+            "evaluate in the sim core",
+            [
+                grrl,
+                "eval",
+                "--policy",
+                str(policy),
+                "--episodes",
+                str(args.core_episodes),
+                "--episodes-out",
+                str(core_file),
+            ],
+            logs / "eval_core.log",
+        ),
+    )
+    graph_file = out / "eval_graph.json"
+    timed(
+        "eval_graph",
+        lambda: _run(
+            "deploy in the ROS graph and evaluate",
+            [
+                grrl,
+                "up",
+                "--sim",
+                "--policy",
+                str(policy),
+                "--episodes",
+                str(args.graph_episodes),
+                "--results",
+                str(graph_file),
+            ],
+            logs / "eval_graph.log",
+        ),
+    )
+
+    from grrl_bringup.report import write_report
+
+    rows = {
+        "BC: sim core, through the smoother": json.loads(core_file.read_text())["summary"],
+        "BC: ROS graph (policy_node → smoother_node → sim)":
+            json.loads(graph_file.read_text())["summary"],
+    }  # fmt: skip
+    table = write_report(out, rows, policy, data, timings)
+    print("\n" + table)
+    print(f"\nreport: {out / 'report.md'}")
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="collect → train → deploy → evaluate on the sim, with a report")
+    p.add_argument("--out", default="runs/demo", help="working directory (demos, policy, report)")
+    p.add_argument("--episodes", type=int, default=60, help="noisy demonstrations to collect")
+    p.add_argument("--train-minutes", type=float, default=8.0, help="BC wall-time budget")
+    p.add_argument("--train-steps", type=int, default=6000, help="BC schedule length (steps)")
+    p.add_argument("--core-episodes", type=int, default=50, help="sim-core evaluation episodes")
+    p.add_argument("--graph-episodes", type=int, default=10, help="episodes through the graph")
+    p.add_argument("--fresh", action="store_true", help="redo every stage")
+    p.set_defaults(func=run_demo)
