@@ -65,6 +65,8 @@ class EpisodeResult:
     peg_side: str
     # per chunk switch: max-abs joint jump at the new chunk's first executed action (robot units)
     switch_jumps: list[float] = field(default_factory=list)
+    # per chunk: the smoother's plan-QP solve time at its arrival (ms)
+    qp_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class EvalResult:
         lo, hi = wilson_interval(wins, n)
         steps = np.array([e.steps for e in self.episodes], float) if n else np.zeros(1)
         jumps = np.array([j for e in self.episodes for j in e.switch_jumps], float)
+        qp = np.array([q for e in self.episodes for q in e.qp_ms], float)
         return {
             "episodes": n,
             "success": wins / n if n else 0.0,
@@ -89,6 +92,8 @@ class EvalResult:
             "eval_seconds": round(self.seconds, 2),
             "switch_jump_mean": float(jumps.mean()) if jumps.size else None,
             "switch_jump_p95": float(np.percentile(jumps, 95)) if jumps.size else None,
+            "qp_ms_p50": float(np.percentile(qp, 50)) if qp.size else None,
+            "qp_ms_p99": float(np.percentile(qp, 99)) if qp.size else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +182,7 @@ def _run_batch(
     previous: list[tuple[np.ndarray, float] | None] = [None] * len(tasks)
     in_flight: dict[int, tuple[int, np.ndarray, float]] = {}
     jumps: list[list[float]] = [[] for _ in tasks]
+    qp_ms: list[list[float]] = [[] for _ in tasks]
 
     def deliver(i: int, actions: np.ndarray, start: float) -> None:
         if previous[i] is not None:
@@ -185,6 +191,7 @@ def _run_batch(
                 rtc_guide.switch_jump(before, before_start, actions, start, dt, cfg.latency_steps)
             )
         smoothers[i].add_chunk(actions, start_time=start, dt=dt)
+        qp_ms[i].append(smoothers[i].last_qp_ms)
         previous[i] = (actions, start)
 
     for step in range(limit):
@@ -240,5 +247,6 @@ def _run_batch(
                     stages={s: bool(getattr(reached, s)) for s in STAGES},
                     peg_side=tasks[i].peg_arm,
                     switch_jumps=jumps[i],
+                    qp_ms=qp_ms[i],
                 )
     return [d for d in done if d is not None]

@@ -59,6 +59,8 @@ class PolicyNode(Node):
                       read_only=True),
                 Param("device", "cpu", "Torch device for inference (cpu, cuda, cuda:1).",
                       read_only=True),
+                Param("torch_threads", 0, "CPU inference threads (0 = torch's default).",
+                      0, 256, read_only=True),
                 Param("chunk_period_s", 0.1, "Seconds between chunk requests.", 0.005, 10.0),
                 Param("max_age_s", 0.5, "Inputs older than this are stale (no chunk).",
                       0.01, 60.0),
@@ -78,6 +80,10 @@ class PolicyNode(Node):
         if not p["policy"]:
             raise ValueError("policy_node needs the 'policy' parameter (a checkpoint directory)")
         self.robot = load_robot_description(p["robot_description"] or None)
+        if p["torch_threads"]:
+            import torch
+
+            torch.set_num_threads(p["torch_threads"])
         policy = load_policy(p["policy"], device=p["device"])
         if policy.joint_names != self.robot.joint_names:
             raise ValueError(
