@@ -12,6 +12,12 @@ setup(
     ],
     install_requires=["setuptools"],
     zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "learner_node = grrl_learner.learner_node:main",
+            "replay_node = grrl_learner.replay:main",
+        ],
+    },
     maintainer="grrl maintainers",
     maintainer_email="grrl@example.com",
     description="Progress critic, filtering, mirroring, BC and online noise-space RL.",

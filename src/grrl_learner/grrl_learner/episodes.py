@@ -26,10 +26,13 @@ undecodable images, a stamp its topic already had) are dropped and counted in
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -516,6 +519,82 @@ def _typestore() -> Any:
     return make_typestore()
 
 
+# --- one order for every source --------------------------------------------------------
+def header_stamp_ns(msg: Any) -> int | None:
+    header = getattr(msg, "header", None)
+    if header is None:
+        return None
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class StampOrderedFeed:
+    """A reorder window in front of an :class:`EpisodeAssembler`; thread-safe.
+
+    Over DDS each topic is its own queue, so a subscriber can get an episode's END before the
+    last joint states stamped before it; a recorder's bag holds whatever order its subscriber
+    saw. Every source therefore goes through this feed: it holds each message for ``window_s``
+    of arrival time and hands messages to the assembler in header-stamp order — data before an
+    event of the same stamp; unstamped messages (instruction, ground truth) keep their place in
+    the arrival order. :func:`read_episode` pushes a whole bag and flushes, the learner node
+    flushes as the window passes: one order, so a replayed stream and a file give one episode.
+    """
+
+    def __init__(
+        self,
+        assembler: EpisodeAssembler,
+        on_episode: Callable[[Episode], None],
+        window_s: float = 0.3,
+    ) -> None:
+        self.assembler = assembler
+        self.window_s = float(window_s)
+        self._on_episode = on_episode
+        self._lock = threading.Lock()
+        self._heap: list[tuple[int, int, int, float, str, Any]] = []
+        self._seq = itertools.count()
+        self._newest = 0  # the newest header stamp pushed so far
+
+    def push(self, topic: str, msg: Any, arrival_s: float) -> None:
+        """Queue one message (``arrival_s``: when it arrived, on a monotonic clock)."""
+        stamp = header_stamp_ns(msg)
+        with self._lock:
+            if stamp is None or stamp == 0:
+                # unstamped (instruction, ground truth): it goes where it arrived, after what
+                # came before it — ordered at the newest stamp seen, behind events at that stamp
+                stamp, rank = self._newest, 2
+            else:
+                # data before an event of the same stamp: an episode's last state is the one
+                # stamped with its END (the sim publishes both for the step that ended it)
+                rank = 1 if topic == EPISODE_EVENT else 0
+                self._newest = max(self._newest, stamp)
+            heapq.heappush(self._heap, (stamp, rank, next(self._seq), arrival_s, topic, msg))
+
+    def flush(self, now_s: float | None = None) -> None:
+        """Feed every message held for ``window_s`` (all of them with ``now_s=None``)."""
+        finished: list[Episode] = []
+        with self._lock:
+            while self._heap and (now_s is None or now_s - self._oldest_arrival() >= self.window_s):
+                stamp, _, _, _, topic, msg = heapq.heappop(self._heap)
+                self._feed(topic, stamp, msg, finished)
+        self._emit(finished)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._heap)
+
+    def _oldest_arrival(self) -> float:
+        # the heap's head is the lowest stamp; a message waits until the head's window passed
+        return self._heap[0][3]
+
+    def _feed(self, topic: str, stamp_ns: int, msg: Any, finished: list[Episode]) -> None:
+        episode = self.assembler.feed(topic, stamp_ns, msg)
+        if episode is not None:
+            finished.append(episode)
+
+    def _emit(self, finished: list[Episode]) -> None:
+        for episode in finished:  # outside the lock: a sink may take its time
+            self._on_episode(episode)
+
+
 def read_episode(
     bag_dir: str | Path,
     robot: RobotDescription | None = None,
@@ -548,27 +627,26 @@ def read_episode(
         episode_id=episode_id,
     )
     store = _typestore()
-    episode = None
+    finished: list[Episode] = []
+    feed = StampOrderedFeed(assembler, finished.append)  # the live stream's order, exactly
     try:
         with Reader(path) as reader:
             connections = [c for c in reader.connections if assembler.wants(c.topic)]
             if not any(c.topic == JOINT_STATES for c in connections):
                 raise EpisodeError(f"{path}: no {JOINT_STATES} messages in the bag")
-            for connection, stamp, raw in reader.messages(connections=connections):
+            for connection, _, raw in reader.messages(connections=connections):
                 try:
                     msg = store.deserialize_cdr(raw, connection.msgtype)
                 except Exception:  # any broken record is one dropped message, not a failed read
                     assembler.count_drop(connection.topic, "undecodable CDR")
                     continue
-                episode = assembler.feed(connection.topic, stamp, msg)
-                if episode is not None:
-                    break
+                feed.push(connection.topic, msg, 0.0)
+        feed.flush()
     except EpisodeError:
         raise
     except Exception as exc:  # rosbags raises many kinds on a damaged bag; one line for all
         raise EpisodeError(f"{path}: unreadable bag ({type(exc).__name__}: {exc})") from None
-    if episode is None:
-        episode = assembler.finish()
+    episode = finished[0] if finished else assembler.finish()
     if len(episode) == 0:
         raise EpisodeError(f"{path}: no usable {JOINT_STATES} messages in the episode")
     episode.source = str(path)

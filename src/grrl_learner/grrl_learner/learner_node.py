@@ -1,0 +1,125 @@
+"""learner_node: episodes from the live graph, built exactly as the file reader builds them.
+
+Subscribes the contract topics the episode reader uses (joint states, commands, object poses,
+events, instruction, the sim's ground truth; cameras with ``load_images``) and feeds them through
+a :class:`~grrl_learner.episodes.StampOrderedFeed` into the one
+:class:`~grrl_learner.episodes.EpisodeAssembler` — the same core :func:`read_episode` runs over
+a bag — so a replayed bag gives the episodes a direct read gives. ``replay: true`` subscribes
+reliably with a deep queue (what a fast ``ros2 bag play`` / ``grrl replay`` needs); otherwise
+the contract QoS (live robot). With ``critic`` set, each finished episode is scored and filtered
+by progress (:mod:`grrl_learner.progress_filter`) and the keep mask is written to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rclpy.node import Node
+
+from grrl_common import contract
+from grrl_common.contract import CONTRACT_TOPICS, QosKind, import_interface, qos_profile
+from grrl_common.parameters import Param, declare
+from grrl_common.robot import load_robot_description
+from grrl_common.runtime import node_main
+from grrl_learner.episodes import Episode, EpisodeAssembler, StampOrderedFeed
+from grrl_learner.replay import REPLAY_QOS
+
+_TYPES = {spec.name: (spec.type_name, spec.qos) for spec in CONTRACT_TOPICS}
+_TYPES[contract.SIM_GROUND_TRUTH] = ("std_msgs/msg/String", QosKind.LATCHED)
+
+
+class LearnerNode(Node):
+    """Builds episodes from the stream; hands each finished one to the configured sink."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("learner_node", **node_kwargs)
+        p = declare(
+            self,
+            [
+                Param("robot_description", "", "Robot description YAML ('' = the sim robot).",
+                      read_only=True),
+                Param("replay", False, "Lossless subscriptions for a bag replay (reliable, "
+                      "deep queue) instead of the contract QoS.", read_only=True),
+                Param("load_images", False, "Also assemble camera frames.", read_only=True),
+                Param("reorder_window_s", 0.3, "Hold messages this long to order them by stamp.",
+                      0.0, 10.0, read_only=True),
+                Param("episodes", 0, "Finish after this many episodes (0 = run on).", 0, 10**7),
+                Param("critic", "", "Critic checkpoint: filter each episode by progress."),
+                Param("delta", 0.05, "Progress-drop threshold of the filter.", 0.0, 1.0),
+                Param("out_dir", "", "Where the keep mask and the filter report go."),
+            ],
+        )  # fmt: skip
+        self._p = p
+        self.robot = load_robot_description(p["robot_description"] or None)
+        self.done = threading.Event()
+        self.exit_code = 0
+        self.episodes: list[Episode] = []
+        self._lock = threading.Lock()
+        assembler = EpisodeAssembler(self.robot, load_images=p["load_images"])
+        self.feed = StampOrderedFeed(assembler, self._on_episode, p["reorder_window_s"])
+        self._filter = self._make_filter(p) if p["critic"] else None
+        for topic in assembler.topics():
+            type_name, kind = _TYPES.get(topic, ("sensor_msgs/msg/Image", QosKind.SENSOR))
+            # replay: reliable and volatile, which matches any reliable publisher (a latched
+            # one too); a player publishes the recorded messages, there is no history to get
+            qos = REPLAY_QOS if p["replay"] else qos_profile(kind)
+            self.create_subscription(
+                import_interface(type_name), topic,
+                lambda msg, t=topic: self._on_message(t, msg), qos,
+            )  # fmt: skip
+        self.create_timer(0.05, self._flush)
+        self.get_logger().info(
+            f"building episodes from {len(assembler.topics())} topics"
+            f"{' (replay QoS)' if p['replay'] else ''}"
+            f"{'; filtering with ' + p['critic'] if p['critic'] else ''}"
+        )
+
+    def _on_message(self, topic: str, msg: Any) -> None:
+        self.feed.push(topic, msg, time.monotonic())
+
+    def _flush(self) -> None:
+        self.feed.flush(time.monotonic())
+
+    def _on_episode(self, episode: Episode) -> None:
+        with self._lock:
+            self.episodes.append(episode)
+            count = len(self.episodes)
+        status = "success" if episode.success else ("aborted" if episode.aborted else "failure")
+        self.get_logger().info(
+            f"episode {episode.episode_id}: {len(episode)} steps, {status}, "
+            f"{len(episode.retry_steps)} retry keyframe(s), {episode.dropped} dropped message(s)"
+        )
+        if self._filter is not None and episode.complete and not episode.aborted:
+            self._filter(episode)
+        if self._p["episodes"] and count >= self._p["episodes"]:
+            self.done.set()
+
+    def _make_filter(self, p: dict[str, Any]):
+        """Score and filter each episode with the critic; keep masks accumulate in out_dir."""
+        from grrl_learner.critic import load_critic
+        from grrl_learner.dataset import save_keep_mask
+        from grrl_learner.progress_filter import filter_episode
+
+        critic = load_critic(p["critic"])
+        out = Path(p["out_dir"] or "filter_out")
+        out.mkdir(parents=True, exist_ok=True)
+        masks: dict[str, Any] = {}
+
+        def run(episode: Episode) -> None:
+            result = filter_episode(critic, episode, p["delta"])
+            masks[episode.episode_id] = result.keep
+            save_keep_mask(out / "keep_mask.json", masks)
+            dropped = 1.0 - float(result.keep.mean()) if len(result.keep) else 0.0
+            self.get_logger().info(f"episode {episode.episode_id}: dropped {dropped:.1%}")
+
+        return run
+
+    def destroy_node(self) -> None:
+        self.feed.flush()  # what is still held belongs to the last episode
+        super().destroy_node()
+
+
+main = node_main(LearnerNode)
