@@ -36,6 +36,12 @@ def _up(args: argparse.Namespace) -> int:
         episodes=args.episodes, seed=args.seed, results_file=args.results or "",
         episode_limit_steps=args.episode_steps,
     )  # fmt: skip
+    for item in args.set:
+        node, dot, rest = item.partition(".")
+        name, eq, value = rest.partition("=")
+        if not (dot and eq and node and name):
+            raise NodeListError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
+        plan.overrides.setdefault(node, {})[name] = value
     entries = select(load_node_list(), plan.groups)
     if args.rviz:
         print("grrl up: rviz2 is not installed here; on a ROS 2 install run "
@@ -97,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --sim: control steps before an episode times out (0 = sim.yaml)",
     )
     up.add_argument("--rviz", action="store_true", help="also start RViz (ROS 2 installs)")
+    up.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter (repeatable)",
+    )
     up.add_argument("--namespace", default="", help="namespace for every node")
     up.add_argument("--threads", type=int, default=None, help="executor threads (default: cpus)")
     up.add_argument(
@@ -115,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--operator", choices=["noisy", "clean"], default="noisy")
     collect.set_defaults(func=_collect)
 
-    from grrl_learner.cli import add_eval, add_train_bc
+    from grrl_learner.cli import add_eval, add_filter, add_train_bc, add_train_critic
 
     add_train_bc(sub)
     add_eval(sub)
+    add_train_critic(sub)
+    add_filter(sub)
 
     from grrl_bringup.demo import add_demo
 

@@ -1,4 +1,5 @@
-"""``grrl train-bc`` and ``grrl eval``: argument parsing and the one-line error contract.
+"""``grrl train-bc``, ``grrl eval``, ``grrl train-critic`` and ``grrl filter``: argument
+parsing and the one-line error contract.
 
 ``grrl`` (grrl_bringup) registers these subcommands; ``python -m grrl_learner.cli train-bc``
 is the same command for ``torchrun`` (``torchrun --nproc_per_node 2 -m grrl_learner.cli
@@ -135,11 +136,131 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_critic(sub: argparse._SubParsersAction) -> None:
+    from grrl_learner.critic import KINDS
+
+    p = sub.add_parser("train-critic", help="offline progress critic (TD3+BC on chunk transitions)")
+    p.add_argument("--data", required=True, help="dataset directory (index.json + bags)")
+    p.add_argument("--out", required=True, help="critic checkpoint directory to write")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="distributional",
+        help="distributional (C51), regression (fit t/T) or scalar_td",
+    )
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--chunk", type=int, default=20, help="actions per chunk (k)")
+    p.add_argument("--atoms", type=int, default=101, help="categorical support size on [0, 1]")
+    p.add_argument("--gamma", type=float, default=0.995, help="discount per control step")
+    p.add_argument("--width", type=int, default=256, help="trunk width")
+    p.add_argument("--head-width", type=int, default=128)
+    p.add_argument(
+        "--no-hindsight", action="store_true", help="no hindsight failures from retry keyframes"
+    )
+    p.add_argument("--stride", type=int, default=1, help="a transition every stride steps")
+    p.add_argument("--bc-lambda", type=float, default=2.5, help="TD3+BC weight of the Q term")
+    p.add_argument(
+        "--target-action",
+        choices=["policy", "data"],
+        default="policy",
+        help="bootstrap chunk: the target actor's (TD3) or the recorded one",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train_critic)  # fmt: skip
+
+
+def run_train_critic(args: argparse.Namespace) -> int:
+    from grrl_learner.train_critic import CriticTrainConfig, train_critic
+
+    cfg = CriticTrainConfig(
+        data=args.data, out=args.out, kind=args.kind, steps=args.steps,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, chunk=args.chunk,
+        atoms=args.atoms, gamma=args.gamma, width=args.width, head_width=args.head_width,
+        hindsight=not args.no_hindsight, stride=args.stride, bc_lambda=args.bc_lambda,
+        target_action=args.target_action, seed=args.seed, save_every=args.save_every,
+        threads=args.threads, device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    out = train_critic(cfg)
+    print(f"train-critic: checkpoint in {out}", file=sys.stderr)
+    return 0
+
+
+def _deltas(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        msg = f"not a comma-separated list of numbers: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def add_filter(sub: argparse._SubParsersAction) -> None:
+    from grrl_learner.progress_filter import DEFAULT_DELTA
+
+    p = sub.add_parser("filter", help="progress filter: a keep mask for train-bc and a report")
+    p.add_argument("--data", required=True, help="dataset directory (index.json + bags)")
+    p.add_argument("--critic", required=True, help="critic checkpoint (grrl train-critic)")
+    p.add_argument("--out", required=True, help="report directory (keep mask, PNGs, index.md)")
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=DEFAULT_DELTA,
+        help="drop t if progress falls by more than this within the horizon",
+    )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        help="look-ahead in steps (default: the critic's chunk k)",
+    )
+    p.add_argument(
+        "--sweep",
+        type=_deltas,
+        default=[],
+        help="also score these δ values (comma-separated) in the summary",
+    )
+    p.add_argument(
+        "--drop-failed", action="store_true", help="also drop every transition of failed episodes"
+    )
+    p.add_argument(
+        "--truth-until",
+        choices=["end", "retry"],
+        default="end",
+        help="a true mistake span ends at the recovery's end or at the retry press",
+    )
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_filter_cli)  # fmt: skip
+
+
+def run_filter_cli(args: argparse.Namespace) -> int:
+    from grrl_learner.progress_filter import FilterConfig, run_filter, summary_line
+
+    cfg = FilterConfig(
+        data=args.data, critic=args.critic, out=args.out, delta=args.delta,
+        horizon=args.horizon, sweep=args.sweep, drop_failed=args.drop_failed,
+        truth_until=args.truth_until, plots=not args.no_plots, device=args.device,
+    )  # fmt: skip
+    summary = run_filter(cfg)
+    print(f"filter: {summary_line(summary)}")
+    print(f"filter: report {args.out}/index.md")
+    print(f"filter: keep mask {summary['keep_mask']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grrl-learner")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_bc(sub)
     add_eval(sub)
+    add_train_critic(sub)
+    add_filter(sub)
     args = parser.parse_args(argv)
     return run_cli(args.func, args, prog="grrl")
 

@@ -30,6 +30,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -670,6 +671,12 @@ def read_index(root: str | Path) -> list[Any]:
         raise EpisodeError(f"{path}: unreadable index ({type(exc).__name__}: {exc})") from None
 
 
+def _read_episode_args(args: tuple) -> Episode:
+    bag, robot, stride, load_images, max_age, instruction, episode_id = args
+    return read_episode(bag, robot, stride, load_images, max_image_age_s=max_age,
+                        instruction=instruction, episode_id=episode_id)  # fmt: skip
+
+
 def read_dataset(
     root: str | Path,
     include_incomplete: bool = False,
@@ -680,32 +687,45 @@ def read_dataset(
     load_images: bool = True,
     max_image_age_s: float = DEFAULT_MAX_IMAGE_AGE_S,
     episode_ids: Iterable[str] | None = None,
+    workers: int | None = None,
 ) -> list[Episode]:
     """Read a dataset directory's episodes in index order.
 
     Incomplete episodes (index says so, or the bag has no END) are skipped with a warning
     unless ``include_incomplete``; ``include_failed=False`` keeps only successful ones.
+    Bags are independent, so they are read by ``workers`` processes (default: one per CPU, up
+    to 8; 1 reads in this process).
     """
     records = read_index(root)
     robot = robot if robot is not None else load_robot_description()
     wanted = None if episode_ids is None else set(episode_ids)
-    episodes: list[Episode] = []
     skipped: list[str] = []
+    todo = []
     for record in records:
         if wanted is not None and record.episode_id not in wanted:
             continue
         if not record.complete and not include_incomplete:
             skipped.append(record.episode_id)
             continue
-        episode = read_episode(
-            Path(root) / record.bag,
-            robot,
-            stride,
-            load_images,
-            max_image_age_s=max_image_age_s,
-            instruction=record.instruction,
-            episode_id=record.episode_id,
-        )
+        todo.append(record)
+    args = [
+        (Path(root) / r.bag, robot, stride, load_images, max_image_age_s, r.instruction,
+         r.episode_id)
+        for r in todo
+    ]  # fmt: skip
+    workers = min(workers or os.cpu_count() or 1, 8, len(args))
+    if workers > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn: a forked child would inherit the parent's threads (an rclpy executor) mid-state
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            read = list(pool.map(_read_episode_args, args, chunksize=4))
+    else:
+        read = [_read_episode_args(a) for a in args]
+    episodes: list[Episode] = []
+    for record, episode in zip(todo, read, strict=True):
         if not episode.complete and not include_incomplete:
             skipped.append(record.episode_id)
             continue

@@ -98,10 +98,11 @@ class LearnerNode(Node):
             self.done.set()
 
     def _make_filter(self, p: dict[str, Any]):
-        """Score and filter each episode with the critic; keep masks accumulate in out_dir."""
+        """Score and filter each episode with the critic (the rule ``grrl filter`` applies);
+        the keep masks of all episodes so far are rewritten to out_dir after each one."""
         from grrl_learner.critic import load_critic
         from grrl_learner.dataset import save_keep_mask
-        from grrl_learner.progress_filter import filter_episode
+        from grrl_learner.progress_filter import episode_progress, suboptimal
 
         critic = load_critic(p["critic"])
         out = Path(p["out_dir"] or "filter_out")
@@ -109,11 +110,14 @@ class LearnerNode(Node):
         masks: dict[str, Any] = {}
 
         def run(episode: Episode) -> None:
-            result = filter_episode(critic, episode, p["delta"])
-            masks[episode.episode_id] = result.keep
+            rho = episode_progress(critic, episode)
+            drop = suboptimal(rho, critic.config.chunk, p["delta"])
+            masks[episode.episode_id] = ~drop
             save_keep_mask(out / "keep_mask.json", masks)
-            dropped = 1.0 - float(result.keep.mean()) if len(result.keep) else 0.0
-            self.get_logger().info(f"episode {episode.episode_id}: dropped {dropped:.1%}")
+            self.get_logger().info(
+                f"episode {episode.episode_id}: progress {rho[0]:.2f} → {rho[-1]:.2f}, "
+                f"dropped {drop.mean():.1%} of its steps"
+            )
 
         return run
 
