@@ -219,3 +219,47 @@ def test_grrl_up_closes_the_loop_with_the_sim_and_scores_episodes(
     moved = np.array([s.position for s in states]) - HOME
     assert np.abs(moved).max() > 0.05, graph.text()
     assert "Traceback" not in graph.text()
+
+
+def test_policy_node_publishes_progress_and_markers_with_a_critic(
+    executor, ros_context, start_process, executable_path, tiny_policy, tmp_path
+):
+    from geometry_msgs.msg import Pose, PoseArray
+    from visualization_msgs.msg import MarkerArray
+
+    from grrl_learner.critic import ChunkCritic, CriticConfig, save_critic
+    from grrl_msgs.msg import Progress
+    from grrl_policy.normalization import NormStats
+
+    policy = tiny_policy("state", object_pose_dim=14)
+    n, s = ROBOT.n_joints, ROBOT.n_joints + 14
+    critic_cfg = CriticConfig(state_dim=s, action_dim=n, chunk=8, width=32, head_width=16)
+    norm = NormStats(np.zeros(s, np.float32), np.ones(s, np.float32),
+                     np.zeros(n, np.float32), np.ones(n, np.float32))  # fmt: skip
+    critic = save_critic(tmp_path / "critic", ChunkCritic(critic_cfg), norm, object_poses=True)
+    node_proc = start_process(
+        executable_path("grrl_policy", "policy_node"), "--ros-args",
+        "-p", f"policy:={policy}", "-p", f"critic:={critic}", "-p", "chunk_period_s:=0.05",
+    )  # fmt: skip
+    node = Node("progress_test", context=ros_context)
+    executor.add_node(node)
+    progress = _record(node, Progress, contract.PROGRESS, qos_profile("reliable"))
+    markers = _record(node, MarkerArray, contract.MARKERS, qos_profile("reliable"))
+    joints_pub = node.create_publisher(JointState, contract.JOINT_STATES, qos_profile("sensor"))
+    poses_pub = node.create_publisher(PoseArray, contract.OBJECT_POSES, qos_profile("sensor"))
+
+    def publish() -> bool:
+        stamp = node.get_clock().now().to_msg()
+        poses = PoseArray(poses=[Pose(), Pose()])
+        poses.header.stamp = stamp
+        poses_pub.publish(poses)
+        joints_pub.publish(_joint_state(node, HOME, stamp))
+        return len(progress) > 3 and len(markers) > 3
+
+    assert spin_until(executor, publish, 60, step_sec=0.02), node_proc.text()
+    p = progress[-1]
+    assert len(p.distribution) == 101 and abs(sum(p.distribution) - 1) < 1e-4
+    assert 0.0 <= p.mean <= 1.0 and p.source == "policy_node/critic"
+    namespaces = {m.ns for m in markers[-1].markers}
+    assert {"chunk_path/left", "chunk_path/right"} <= namespaces
+    assert any(ns.startswith("progress") for ns in namespaces)

@@ -22,8 +22,6 @@ atomically like policy checkpoints.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from grrl_common.atomic import write_directory_atomically
 from grrl_common.errors import GrrlError
 from grrl_policy.normalization import NormStats
 
@@ -259,10 +258,6 @@ def save_critic(
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``path`` atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     document = {
         "format": FORMAT,
         "critic": model.cfg.to_dict(),
@@ -270,18 +265,12 @@ def save_critic(
         "object_poses": bool(object_poses),
         "meta": meta or {},
     }
-    (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
-    save_model(model, str(tmp / WEIGHTS_NAME))
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        for entry in path.iterdir():  # keep what else lives there
-            if entry.name not in (CONFIG_NAME, WEIGHTS_NAME):
-                os.replace(entry, tmp / entry.name)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
+        save_model(model, str(tmp / WEIGHTS_NAME))
+
+    return write_directory_atomically(path, write, replaces=(CONFIG_NAME, WEIGHTS_NAME))
 
 
 def load_critic(path: str | Path, device: str | torch.device = "cpu") -> LoadedCritic:

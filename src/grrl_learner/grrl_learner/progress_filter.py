@@ -398,3 +398,52 @@ __all__ = [
     "spans",
     "suboptimal",
 ]
+
+
+# --- live progress (policy_node's /grrl/progress) -------------------------------------------
+@dataclass
+class ProgressEstimate:
+    mean: float  # ρ
+    distribution: np.ndarray  # (atoms,) probabilities (one atom at ρ for scalar critics)
+    support: tuple[float, float]
+    suboptimal: bool  # ρ fell by more than δ below a value of the last ``horizon`` steps
+
+
+class ProgressTracker:
+    """ρ of each executed chunk as the policy produces it, and the filter rule applied online:
+    the current chunk is suboptimal when ρ dropped by more than ``delta`` from any estimate of
+    the last ``horizon_s`` seconds (the offline rule looks forward from t; online, the drop is
+    seen when it happens)."""
+
+    def __init__(self, critic: LoadedCritic, delta: float = 0.05, horizon_s: float = 0.4):
+        self.critic = critic
+        self.delta = float(delta)
+        self.horizon_s = float(horizon_s)
+        self._recent: list[tuple[float, float]] = []
+
+    def reset(self) -> None:
+        self._recent = []
+
+    @torch.no_grad()
+    def update(self, state: np.ndarray, actions: np.ndarray, stamp: float) -> ProgressEstimate:
+        """``state`` (S,) and ``actions`` (k', n) in robot units; k' is cut/padded to k."""
+        cfg, norm = self.critic.config, self.critic.norm
+        k = cfg.chunk
+        actions = np.asarray(actions, np.float32)
+        if len(actions) < k:
+            actions = np.concatenate([actions, np.repeat(actions[-1:], k - len(actions), 0)])
+        s = torch.as_tensor(norm.normalize_state(np.asarray(state, np.float32))[None])
+        a = torch.as_tensor(norm.normalize_action(actions[:k])[None])
+        device = self.critic.device
+        raw = self.critic.model.last(s.to(device), a.to(device))  # (C, 1, outputs)
+        model = self.critic.model
+        if cfg.distributional:
+            probs = raw.softmax(-1).mean(0)[0].float().cpu().numpy()
+            mean = float(probs @ model.atoms.float().cpu().numpy())
+        else:
+            mean = float(model.values(raw).mean())
+            probs = np.array([1.0])
+        self._recent = [(t, r) for t, r in self._recent if stamp - t <= self.horizon_s]
+        suboptimal = any(r - mean > self.delta for _, r in self._recent)
+        self._recent.append((stamp, mean))
+        return ProgressEstimate(mean, probs, (cfg.v_min, cfg.v_max), suboptimal)

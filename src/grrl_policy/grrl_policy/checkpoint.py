@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from grrl_common.atomic import write_directory_atomically
 from grrl_common.errors import GrrlError
 from grrl_policy.encoders import ObservationBatch
 from grrl_policy.model import FlowMatchingPolicy, PolicyConfig, PrefixGuide
@@ -118,10 +117,6 @@ def save_policy(
     control_dt: float,
     meta: dict[str, Any] | None = None,
 ) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     document = {
         "format": FORMAT,
         "policy": model.cfg.to_dict(),
@@ -130,21 +125,12 @@ def save_policy(
         "control_dt": control_dt,
         "meta": meta or {},
     }
-    (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
-    save_model(model, str(tmp / WEIGHTS_NAME))
-    for f in tmp.iterdir():  # durable before the rename publishes it
-        with open(f, "rb") as handle:
-            os.fsync(handle.fileno())
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        for entry in path.iterdir():  # keep what else lives there (a trainer's state)
-            if entry.name not in (CONFIG_NAME, WEIGHTS_NAME):
-                os.replace(entry, tmp / entry.name)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
+        save_model(model, str(tmp / WEIGHTS_NAME))
+
+    return write_directory_atomically(path, write, replaces=(CONFIG_NAME, WEIGHTS_NAME))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

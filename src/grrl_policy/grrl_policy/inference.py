@@ -37,6 +37,7 @@ class GeneratedChunk:
     policy_version: int
     inference_ms: float
     rtc_prefix_steps: int  # actions held to the previous chunk (0: RTC off or no previous)
+    state: np.ndarray | None = None  # (S,) the observation's state vector
 
 
 @dataclass
@@ -248,4 +249,5 @@ class PolicyRunner:
             policy_version=version,
             inference_ms=elapsed_ms,
             rtc_prefix_steps=prefix,
+            state=inputs.state,
         )

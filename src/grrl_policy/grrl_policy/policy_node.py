@@ -8,7 +8,8 @@ so the observation is fresh and no callback ever waits on the model. A missing o
 means no chunk: the smoother's watchdog then brings the robot smoothly to rest and holds, and
 ``/diagnostics`` says which input is missing. Publishes
 ``/grrl/action_chunk`` (stamp = observation time, noise, version, inference ms) and
-``/grrl/markers`` (each gripper's predicted path and, with a critic, a progress bar).
+``/grrl/markers`` (each gripper's predicted path and, with a critic, a progress bar) and, with
+a critic, ``/grrl/progress`` (ρ of each chunk, its distribution, the suboptimal flag).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from grrl_common.image_codec import ImageCodecError, image_to_numpy
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
-from grrl_msgs.msg import ActionChunk, EpisodeEvent, PolicyUpdate
+from grrl_msgs.msg import ActionChunk, EpisodeEvent, PolicyUpdate, Progress
 from grrl_policy.checkpoint import load_policy
 from grrl_policy.inference import GeneratedChunk, PolicyRunner, UpdateOutcome
 from grrl_policy.marker_msgs import to_marker_array
@@ -73,6 +74,10 @@ class PolicyNode(Node):
                 Param("instruction", "", "Instruction until /grrl/instruction says otherwise "
                       "('' = the one the policy was trained with)."),
                 Param("markers", True, "Publish predicted gripper paths on /grrl/markers."),
+                Param("critic", "", "Progress critic checkpoint ('' = none): /grrl/progress "
+                      "and a progress bar per chunk.", read_only=True),
+                Param("progress_delta", 0.05, "Progress drop that flags a chunk suboptimal.",
+                      0.0, 1.0),
                 Param("diagnostics_period_s", 1.0, "Seconds between /diagnostics reports.",
                       0.1, 60.0),
             ],
@@ -119,6 +124,20 @@ class PolicyNode(Node):
             rtc=p["rtc"], swap=p["swap"], clock=self._now, on_error=self._on_inference_error,
             on_update=self._on_update_outcome,
         )  # fmt: skip
+        self._progress = None
+        if p["critic"]:  # optional: the critic lives in grrl_learner
+            from grrl_learner.critic import load_critic
+            from grrl_learner.progress_filter import ProgressTracker
+
+            critic = load_critic(p["critic"], device=p["device"])
+            if critic.config.state_dim != policy.config.state_dim:
+                raise ValueError(
+                    f"{p['critic']}: the critic observes {critic.config.state_dim} state values, "
+                    f"the policy {policy.config.state_dim}"
+                )
+            self._progress = ProgressTracker(
+                critic, p["progress_delta"], 2 * policy.config.chunk * policy.control_dt
+            )
         self._kinematics = None
         if p["markers"]:
             try:
@@ -148,6 +167,9 @@ class PolicyNode(Node):
         self.create_subscription(PolicyUpdate, contract.POLICY_UPDATE, self._on_update, latched)
         self._chunk_pub = self.create_publisher(
             ActionChunk, contract.ACTION_CHUNK, qos_profile(QosKind.RELIABLE)
+        )
+        self._progress_pub = self.create_publisher(
+            Progress, contract.PROGRESS, qos_profile(QosKind.RELIABLE)
         )
         self._marker_pub = self.create_publisher(
             MarkerArray, contract.MARKERS, qos_profile(QosKind.RELIABLE)
@@ -224,6 +246,8 @@ class PolicyNode(Node):
             # may come from another clock (a wall-clock runner vs sim time), so use ours
             self.assembler.clear(not_before=self._now())
             self.runner.new_episode()
+            if self._progress is not None:
+                self._progress.reset()
             self._active = True
         elif msg.type in (EpisodeEvent.END, EpisodeEvent.ABORT) and self._gating:
             self._active = False
@@ -300,10 +324,21 @@ class PolicyNode(Node):
         )
         msg.header.stamp = Time(nanoseconds=round(chunk.stamp * 1e9)).to_msg()
         self._chunk_pub.publish(msg)
+        progress = None
+        if self._progress is not None and chunk.state is not None:
+            estimate = self._progress.update(chunk.state, chunk.actions, chunk.stamp)
+            progress = estimate.mean
+            report = Progress(
+                mean=estimate.mean, distribution=estimate.distribution.astype(float).tolist(),
+                support_min=estimate.support[0], support_max=estimate.support[1],
+                suboptimal=estimate.suboptimal, source="policy_node/critic",
+            )  # fmt: skip
+            report.header.stamp = msg.header.stamp
+            self._progress_pub.publish(report)
         if self._kinematics is not None:
             paths = self._kinematics.gripper_positions(chunk.actions)
             self._marker_pub.publish(
-                to_marker_array(chunk_markers(paths, None, "world"), msg.header.stamp)
+                to_marker_array(chunk_markers(paths, progress, "world"), msg.header.stamp)
             )
 
     def _report(self) -> None:

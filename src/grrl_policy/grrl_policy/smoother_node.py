@@ -11,6 +11,8 @@ the end of an episode bring the robot smoothly to rest from the commanded state,
 from __future__ import annotations
 
 import math
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,9 @@ class SmootherNode(Node):
                       read_only=True),
                 Param("max_catch_up_steps", 5, "Steps taken at most per tick after a late tick.",
                       1, 100),
+                Param("timing", "auto", "'thread': a dedicated thread with absolute deadlines "
+                      "(low jitter); 'timer': a ROS timer (follows /clock under sim time); "
+                      "'auto': thread on the system clock, timer on sim time.", read_only=True),
                 Param("diagnostics_period_s", 1.0, "Seconds between /diagnostics reports.",
                       0.1, 60.0),
             ],
@@ -88,6 +93,7 @@ class SmootherNode(Node):
         self._last_problem = ""
         self._last_refusal = ""
         self._last_stop_reason: str | None = None
+        self._lock = threading.Lock()  # the smoother: tick thread vs subscription callbacks
 
         # one (default, mutually exclusive) callback group: the smoother is single-threaded
         self.create_subscription(
@@ -103,8 +109,23 @@ class SmootherNode(Node):
             JointTrajectory, contract.JOINT_COMMAND, qos_profile(QosKind.COMMAND)
         )
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self.create_timer(self.dt, self._tick)
         self.create_timer(p["diagnostics_period_s"], self._report)
+        timing = p["timing"]
+        if timing not in ("auto", "thread", "timer"):
+            raise ValueError(f"timing must be 'auto', 'thread' or 'timer', got {timing!r}")
+        if timing == "auto":
+            sim_time = self.get_parameter("use_sim_time").value
+            timing = "timer" if sim_time else "thread"
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if timing == "timer":
+            self.create_timer(self.dt, self._tick)
+        else:
+            # an executor timer fires when the executor gets to it (ms of jitter under load);
+            # a thread sleeping to absolute deadlines does not wait for other callbacks
+            self._ticker = threading.Thread(target=self._tick_loop, name="smoother_tick",
+                                            daemon=True)  # fmt: skip
+            self._ticker.start()
         self.get_logger().info(
             f"{config.mode} smoother at {rate:.0f} Hz; watchdog {config.stale_after_s:.2f} s"
         )
@@ -114,7 +135,7 @@ class SmootherNode(Node):
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def _on_joints(self, msg: JointState) -> None:
+    def _on_joints_locked(self, msg: JointState) -> None:
         if len(msg.name) != len(msg.position):
             return
         q = np.full(self.robot.n_joints, np.nan)
@@ -130,7 +151,7 @@ class SmootherNode(Node):
             self._anchor_pending = False
             self.get_logger().info("anchored at the measured joints; holding until a chunk")
 
-    def _on_chunk(self, msg: ActionChunk) -> None:
+    def _on_chunk_locked(self, msg: ActionChunk) -> None:
         if self.smoother.state == "idle":
             return self._refuse(msg.chunk_id, "no joint state received yet")
         n, k = len(msg.joint_names), int(msg.horizon)
@@ -157,7 +178,7 @@ class SmootherNode(Node):
         else:
             self.get_logger().error(text)
 
-    def _on_event(self, msg: EpisodeEvent) -> None:
+    def _on_event_locked(self, msg: EpisodeEvent) -> None:
         if msg.type == EpisodeEvent.START:
             self._anchor_pending = True  # the scene was reset: start over from the robot
         elif msg.type in (EpisodeEvent.END, EpisodeEvent.ABORT) and self.smoother.state not in (
@@ -167,7 +188,7 @@ class SmootherNode(Node):
 
     # -- output ---------------------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def _tick_locked(self) -> None:
         if self.smoother.state == "idle" or self._anchor_pending:
             return
         due = (self._now() - self.smoother.time) / self.dt
@@ -193,7 +214,7 @@ class SmootherNode(Node):
         self._command_pub.publish(msg)
         self.commands_published += 1
 
-    def _report(self) -> None:
+    def _report_locked(self) -> None:
         s = self.smoother
         state = s.state
         if state == "idle":
@@ -218,6 +239,45 @@ class SmootherNode(Node):
             self.get_clock().now().to_msg(), "grrl: smoother_node", self.robot.name, level,
             message, values,
         ))  # fmt: skip
+
+    # -- every entry point holds the lock: the tick may run on its own thread -----------
+
+    def _on_joints(self, msg: JointState) -> None:
+        with self._lock:
+            self._on_joints_locked(msg)
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        with self._lock:
+            self._on_chunk_locked(msg)
+
+    def _on_event(self, msg: EpisodeEvent) -> None:
+        with self._lock:
+            self._on_event_locked(msg)
+
+    def _tick(self) -> None:
+        with self._lock:
+            self._tick_locked()
+
+    def _report(self) -> None:
+        with self._lock:
+            self._report_locked()
+
+    def _tick_loop(self) -> None:
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            deadline += self.dt
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -self.dt:
+                deadline = time.monotonic()  # fell far behind: do not try to catch up here
+            self._tick()
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1.0)
+        super().destroy_node()
 
 
 main = node_main(SmootherNode)
