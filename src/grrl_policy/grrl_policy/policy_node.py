@@ -33,7 +33,7 @@ from grrl_common.diagnostics import DIAGNOSTICS_TOPIC, ERROR, OK, WARN, diagnost
 from grrl_common.image_codec import ImageCodecError, image_to_numpy
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
-from grrl_common.runtime import node_main
+from grrl_common.runtime import node_main, shorten_gil_switch_interval
 from grrl_msgs.msg import ActionChunk, EpisodeEvent, PolicyUpdate, Progress
 from grrl_policy.checkpoint import load_policy
 from grrl_policy.inference import GeneratedChunk, PolicyRunner, UpdateOutcome
@@ -103,6 +103,7 @@ class PolicyNode(Node):
         self._period = p["chunk_period_s"]
         self._last_request = -float("inf")
         self._request_lock = threading.Lock()
+        shorten_gil_switch_interval()
         self._input_errors: dict[str, str] = {}  # topic → refusal since the last report
         self._last_refusal: dict[str, str] = {}  # topic → last refusal (log each new one)
         self.refused_inputs = 0

@@ -28,7 +28,7 @@ from grrl_common.contract import QosKind, qos_profile
 from grrl_common.diagnostics import DIAGNOSTICS_TOPIC, ERROR, OK, WARN, diagnostic_array
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
-from grrl_common.runtime import node_main
+from grrl_common.runtime import node_main, shorten_gil_switch_interval
 from grrl_msgs.msg import ActionChunk, EpisodeEvent
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig, SmootherInputError
 
@@ -94,6 +94,7 @@ class SmootherNode(Node):
         self._last_refusal = ""
         self._last_stop_reason: str | None = None
         self._lock = threading.Lock()  # the smoother: tick thread vs subscription callbacks
+        shorten_gil_switch_interval()
 
         # one (default, mutually exclusive) callback group: the smoother is single-threaded
         self.create_subscription(

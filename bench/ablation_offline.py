@@ -1,0 +1,75 @@
+"""Offline ablation: the same noisy demos → BC on all / filtered / filtered + mirror; one JSON line.
+
+    python bench/ablation_offline.py --episodes 200 --work runs/bench_filter --minutes 8
+
+Uses ``bench/filter.py``'s work directory: the noisy demos and the distributional critic's keep
+mask at its best δ (runs that benchmark first, distributional only, when they are missing).
+Each BC policy trains under the same wall-time budget and is scored on ``--eval-episodes``
+held-out seeds through the deployment smoother (``grrl eval``): success with its Wilson CI and
+per-stage success, like the paper's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(argv: list[str]) -> str:
+    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    sys.stderr.write(result.stdout)
+    if result.returncode != 0:
+        sys.exit(f"bench/ablation_offline.py: {' '.join(argv)} failed ({result.returncode})")
+    return result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--work", default="runs/bench_filter")
+    parser.add_argument("--minutes", type=float, default=8.0, help="BC wall time per stage")
+    parser.add_argument("--steps", type=int, default=6000, help="BC schedule length")
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--critic-minutes", type=float, default=4.0)
+    args = parser.parse_args()
+    grrl = shutil.which("grrl")
+    if grrl is None:
+        sys.exit("bench/ablation_offline.py: grrl is not on PATH (source env.sh)")
+    work = Path(args.work)
+    data = work / f"noisy{args.episodes}"
+    mask = work / "filter_distributional" / "keep_mask.json"
+    if not mask.exists():
+        run([sys.executable, str(HERE / "filter.py"), "--episodes", str(args.episodes),
+             "--work", str(work), "--kinds", "distributional",
+             "--minutes", str(args.critic_minutes)])  # fmt: skip
+    stages = {"bc": [], "filtered": ["--keep-mask", str(mask)],
+              "mirror": ["--keep-mask", str(mask), "--mirror"]}  # fmt: skip
+    result: dict = {"bench": "ablation_offline", "demos": args.episodes}
+    for name, extra in stages.items():
+        ckpt = work / f"policy_{name}"
+        run([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
+             "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--no-progress",
+             *extra])  # fmt: skip
+        summary = json.loads(
+            run([grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)])
+            .strip()
+            .splitlines()[-1]
+        )
+        meta = json.loads((ckpt / "config.json").read_text())["meta"]
+        result[name] = {"success": summary["success"], "ci": summary["ci"],
+                        "stages": summary["stages"], "train_steps": meta["step"],
+                        "transitions": meta["transitions"]}  # fmt: skip
+    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
