@@ -21,22 +21,23 @@ atomically like policy checkpoints.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch import nn
 
-from grrl_common.atomic import write_directory_atomically
 from grrl_common.errors import GrrlError
+from grrl_policy.checkpoint import (
+    CONFIG_NAME,
+    load_checkpoint_weights,
+    read_checkpoint_json,
+    save_checkpoint_dir,
+)
 from grrl_policy.normalization import NormStats
 
 FORMAT = "grrl-critic-1"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 KINDS = ("distributional", "regression", "scalar_td")
 
 
@@ -265,41 +266,18 @@ def save_critic(
         "object_poses": bool(object_poses),
         "meta": meta or {},
     }
-
-    def write(tmp: Path) -> None:
-        (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
-        save_model(model, str(tmp / WEIGHTS_NAME))
-
-    return write_directory_atomically(path, write, replaces=(CONFIG_NAME, WEIGHTS_NAME))
+    return save_checkpoint_dir(path, document, model)
 
 
 def load_critic(path: str | Path, device: str | torch.device = "cpu") -> LoadedCritic:
     """Read a critic checkpoint; CriticError (one line naming the path) if it cannot."""
-    path = Path(path)
-    config = path / CONFIG_NAME
-    if not config.is_file():
-        raise CriticError(f"{path}: not a critic checkpoint (no {CONFIG_NAME})")
-    try:
-        document = json.loads(config.read_text())
-    except ValueError as exc:
-        raise CriticError(f"{config}: unreadable JSON ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        found = document.get("format") if isinstance(document, dict) else None
-        raise CriticError(f"{config}: format {found!r}, expected {FORMAT!r}")
+    document = read_checkpoint_json(path, FORMAT, "critic", CriticError)
     try:
         cfg = CriticConfig.from_dict(document["critic"])
         norm = NormStats.from_dict(document["normalization"])
         object_poses = bool(document["object_poses"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CriticError(f"{config}: bad config ({exc})") from None
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CriticError(f"{path}: missing {WEIGHTS_NAME}")
+        raise CriticError(f"{Path(path) / CONFIG_NAME}: bad config ({exc})") from None
     model = ChunkCritic(cfg)
-    try:
-        load_model(model, str(weights), strict=True, device=str(device))
-    except Exception as exc:  # safetensors raises several types; the message is what matters
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CriticError(f"{weights}: cannot load weights ({first})") from None
-    model.to(device).eval()
+    load_checkpoint_weights(model, path, device, CriticError)
     return LoadedCritic(model, norm, object_poses, document.get("meta", {}))

@@ -126,6 +126,13 @@ def save_policy(
         "meta": meta or {},
     }
 
+    return save_checkpoint_dir(path, document, model)
+
+
+# --- one checkpoint layout for every model (policies here, critics in grrl_learner) ----------
+def save_checkpoint_dir(path: str | Path, document: dict[str, Any], model: torch.nn.Module) -> Path:
+    """``config.json`` (``document``) + ``model.safetensors``, published atomically."""
+
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=1))
         save_model(model, str(tmp / WEIGHTS_NAME))
@@ -133,18 +140,42 @@ def save_policy(
     return write_directory_atomically(path, write, replaces=(CONFIG_NAME, WEIGHTS_NAME))
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
+def read_checkpoint_json(
+    path: str | Path, expected_format: str, what: str, error: type[GrrlError] = CheckpointError
+) -> dict[str, Any]:
+    """A checkpoint's config.json, checked for ``expected_format``; ``error`` names the file."""
     path = Path(path)
     config = path / CONFIG_NAME
     if not config.is_file():
-        raise CheckpointError(f"{path}: not a policy checkpoint (no {CONFIG_NAME})")
+        raise error(f"{path}: not a {what} checkpoint (no {CONFIG_NAME})")
     try:
         document = json.loads(config.read_text())
     except ValueError as exc:
-        raise CheckpointError(f"{config}: unreadable JSON ({exc})") from None
-    if document.get("format") != FORMAT:
-        raise CheckpointError(f"{config}: format {document.get('format')!r}, expected {FORMAT!r}")
+        raise error(f"{config}: unreadable JSON ({exc})") from None
+    found = document.get("format") if isinstance(document, dict) else None
+    if found != expected_format:
+        raise error(f"{config}: format {found!r}, expected {expected_format!r}")
     return document
+
+
+def load_checkpoint_weights(
+    model: torch.nn.Module, path: str | Path, device: str | torch.device,
+    error: type[GrrlError] = CheckpointError,
+) -> None:  # fmt: skip
+    """Load ``model.safetensors`` into ``model`` (strict) and move it to ``device``, eval mode."""
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise error(f"{path}: missing {WEIGHTS_NAME}")
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except Exception as exc:  # safetensors raises several types; the message is what matters
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise error(f"{weights}: cannot load weights ({first})") from None
+    model.to(device).eval()
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    return read_checkpoint_json(path, FORMAT, "policy")
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedPolicy:
@@ -157,16 +188,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedP
         control_dt = float(document["control_dt"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path / CONFIG_NAME}: bad config ({exc})") from None
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: missing {WEIGHTS_NAME}")
     model = FlowMatchingPolicy(cfg)
-    try:
-        load_model(model, str(weights), strict=True, device=str(device))
-    except Exception as exc:  # safetensors raises several types; the message is what matters
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{weights}: cannot load weights ({first})") from None
-    model.to(device).eval()
+    load_checkpoint_weights(model, path, device)
     return LoadedPolicy(model, norm, joint_names, control_dt, document.get("meta", {}))
 
 
