@@ -128,12 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--operator", choices=["noisy", "clean"], default="noisy")
     collect.set_defaults(func=_collect)
 
-    from grrl_learner.cli import add_eval, add_filter, add_train_bc, add_train_critic
+    from grrl_learner.cli import (
+        add_eval,
+        add_filter,
+        add_online_rl,
+        add_train_bc,
+        add_train_critic,
+    )
 
     add_train_bc(sub)
     add_eval(sub)
     add_train_critic(sub)
     add_filter(sub)
+    add_online_rl(sub)
 
     from grrl_bringup.demo import add_demo
 

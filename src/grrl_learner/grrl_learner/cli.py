@@ -1,5 +1,5 @@
-"""``grrl train-bc``, ``grrl eval``, ``grrl train-critic`` and ``grrl filter``: argument
-parsing and the one-line error contract.
+"""``grrl train-bc``, ``grrl eval``, ``grrl train-critic``, ``grrl filter`` and ``grrl online-rl``:
+argument parsing and the one-line error contract.
 
 ``grrl`` (grrl_bringup) registers these subcommands; ``python -m grrl_learner.cli train-bc``
 is the same command for ``torchrun`` (``torchrun --nproc_per_node 2 -m grrl_learner.cli
@@ -254,6 +254,73 @@ def run_filter_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_online_rl(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("online-rl", help="online RL in the flow policy's noise space")
+    p.add_argument("--sim", action="store_true", help="on the embedded MuJoCo robot")
+    p.add_argument("--policy", required=True, help="base policy checkpoint (offline BC)")
+    p.add_argument("--episodes", type=int, default=200, help="episodes in all, warm-up included")
+    p.add_argument("--out", required=True, help="run directory (resumed when it holds one)")
+    p.add_argument("--fast", action="store_true", help="the sim core without ROS (benchmarks)")
+    p.add_argument("--warmup-episodes", type=int, default=24, help="offline-policy rollouts")
+    p.add_argument("--warmup-steps", type=int, default=500, help="critic steps on them")
+    p.add_argument("--update-every", type=int, default=12, help="new episodes per update")
+    p.add_argument("--steps-per-update", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--critic-width", type=int, default=256)
+    p.add_argument("--penalty-c", type=float, default=1.0, help="weight of the ε-norm penalty")
+    p.add_argument(
+        "--penalty-beta",
+        type=float,
+        default=None,
+        help="free ½‖ε‖² (default d/2 + 3·sqrt(d/2), d = k·n)",
+    )
+    p.add_argument("--explore-std", type=float, default=0.2, help="N(0, I) added to the ε")
+    p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
+    p.add_argument("--replan-every", type=int, default=5, help="control steps per policy call")
+    p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
+    p.add_argument("--seed", type=int, default=None, help="first episode's seed")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_online_rl)  # fmt: skip
+
+
+def run_online_rl(args: argparse.Namespace) -> int:
+    from grrl_common.errors import GrrlError
+
+    if not args.sim:
+        raise GrrlError("online-rl needs --sim (on a robot the learner node runs in the graph)")
+    if not args.fast:
+        raise GrrlError("online-rl --sim through the ROS graph is not wired yet: add --fast")
+    import torch
+
+    from grrl_learner.online import OnlineConfig
+    from grrl_learner.online_sim import ONLINE_SEED, OnlineSimConfig, run_online_sim
+    from grrl_policy.checkpoint import read_config
+    from grrl_policy.smoother import SmootherConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    control_dt = float(read_config(args.policy)["control_dt"])  # one-line error if not a policy
+    learner = OnlineConfig(
+        warmup_episodes=args.warmup_episodes, warmup_steps=args.warmup_steps,
+        update_every=args.update_every, steps_per_update=args.steps_per_update,
+        batch_size=args.batch_size, critic_width=args.critic_width, penalty_c=args.penalty_c,
+        penalty_beta=args.penalty_beta, device=args.device,
+    )  # fmt: skip
+    sim = OnlineSimConfig(
+        episodes=args.episodes, seed=ONLINE_SEED if args.seed is None else args.seed,
+        max_steps=args.max_steps, replan_every=args.replan_every,
+        smoother=SmootherConfig(control_dt=control_dt, mode=args.smoother,
+                                receding_steps=args.replan_every),
+        explore_std=args.explore_std, batch_envs=args.update_every,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    summary = run_online_sim(args.policy, args.out, sim, learner)
+    print(json.dumps(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grrl-learner")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval(sub)
     add_train_critic(sub)
     add_filter(sub)
+    add_online_rl(sub)
     args = parser.parse_args(argv)
     return run_cli(args.func, args, prog="grrl")
 

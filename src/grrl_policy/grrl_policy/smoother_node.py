@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,7 @@ class SmootherNode(Node):
         self._last_refusal = ""
         self._last_stop_reason: str | None = None
         self._lock = threading.Lock()  # the smoother: tick thread vs subscription callbacks
+        self._publish_times: deque[float] = deque(maxlen=2000)  # for the period jitter figure
         shorten_gil_switch_interval()
 
         # one (default, mutually exclusive) callback group: the smoother is single-threaded
@@ -214,6 +216,14 @@ class SmootherNode(Node):
         msg.header.stamp = Time(nanoseconds=round(command.time * 1e9)).to_msg()
         self._command_pub.publish(msg)
         self.commands_published += 1
+        self._publish_times.append(time.monotonic())
+
+    def _period_jitter_p99_ms(self) -> float:
+        """p99 of |command period − control period| over the last publishes (ms)."""
+        if len(self._publish_times) < 3:
+            return 0.0
+        periods = np.diff(np.asarray(self._publish_times))
+        return float(np.percentile(np.abs(periods - self.dt), 99) * 1e3)
 
     def _report_locked(self) -> None:
         s = self.smoother
@@ -233,6 +243,7 @@ class SmootherNode(Node):
             "chunks_refused": self.chunks_refused,
             "commands": self.commands_published,
             "late_ticks": self.late_ticks,
+            "period_jitter_ms_p99": self._period_jitter_p99_ms(),
             "qp_ms_last": s.last_qp_ms,
             "guard_interventions": s.guard_interventions,
         }
