@@ -61,10 +61,11 @@ def test_policy_node_holds_on_bad_inputs_and_swaps_only_verified_weights(
     update_pub = node.create_publisher(PolicyUpdate, contract.POLICY_UPDATE, qos_profile("latched"))
     status = lambda: _statuses(diagnostics, "grrl: policy_node")  # noqa: E731
 
-    def feed(image=None, joints=HOME, encoding="rgb8", seconds=0.6):
-        """Publish joint states (and frames) at ~20 Hz for ``seconds``, spinning meanwhile."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def feed(image=None, joints=HOME, encoding="rgb8", seconds=0.6, until=None):
+        """Publish joint states (and frames) at ~20 Hz for ``seconds`` (or until ``until()``
+        holds, within 30 s), spinning meanwhile."""
+        end = time.monotonic() + (30.0 if until else seconds)
+        while time.monotonic() < end and not (until and until()):
             stamp = node.get_clock().now().to_msg()
             joints_pub.publish(_joint_state(node, joints, stamp))
             if image is not None:
@@ -89,7 +90,7 @@ def test_policy_node_holds_on_bad_inputs_and_swaps_only_verified_weights(
 
     # good inputs: chunks conditioned on the observation, with the noise they came from
     frame = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    feed(frame, seconds=1.0)
+    feed(frame, until=lambda: len(chunks) > 2)
     assert chunks, "\n".join(policy.lines)
     chunk = chunks[-1]
     assert list(chunk.joint_names) == ROBOT.joint_names and chunk.horizon == 8
@@ -116,7 +117,7 @@ def test_policy_node_holds_on_bad_inputs_and_swaps_only_verified_weights(
     assert chunks[-1].policy_version == 0
     good = PolicyUpdate(checkpoint_path=str(second), sha256=checkpoint_sha256(second), version=1)
     update_pub.publish(good)
-    feed(frame, seconds=1.5)
+    feed(frame, until=lambda: chunks[-1].policy_version == 1)  # loaded off-thread meanwhile
     assert chunks[-1].policy_version == 1, "\n".join(policy.lines)
     versions = [c.policy_version for c in chunks]
     assert versions == sorted(versions)  # swapped once, between chunks

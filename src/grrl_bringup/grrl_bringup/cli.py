@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from grrl_bringup.node_list import (
     NodeListError,
@@ -66,6 +67,30 @@ def _collect(args: argparse.Namespace) -> int:
     overrides["recorder_node"].update(dataset_dir=str(args.out), episodes=args.episodes)
     entries = select(load_node_list(), plan.groups)
     return run_nodes(_factories(entries, overrides), exit_when_done=True)
+
+
+def _online_rl(args: argparse.Namespace) -> int:
+    """Online RL: ``--fast`` in the sim core; otherwise through the ROS graph — sim, policy_node
+    (its noise predictor, exploration, weights swapped between episodes), smoother_node, the
+    episode runner and learner_node in online mode, in one process."""
+    from grrl_common.runtime import run_nodes
+    from grrl_learner.cli import run_online_rl
+
+    if args.fast or not args.sim:
+        return run_online_rl(args)
+    plan = plan_graph(["learner"], sim=True, policy=args.policy, episodes=args.episodes,
+                      seed=args.seed if args.seed is not None else 2_000_000,
+                      results_file=str(Path(args.out) / "runner.json"),
+                      episode_limit_steps=args.max_steps or 0)  # fmt: skip
+    plan.overrides["policy_node"].update(swap="episode", explore_std=args.explore_std)
+    plan.overrides.setdefault("learner_node", {}).update(
+        mode="online", policy=str(Path(args.policy).resolve()), out_dir=str(Path(args.out)),
+        episodes=args.episodes,
+        update_every=args.update_every, steps_per_update=args.steps_per_update,
+        warmup_episodes=args.warmup_episodes, warmup_steps=args.warmup_steps,
+    )  # fmt: skip
+    entries = select(load_node_list(), plan.groups)
+    return run_nodes(_factories(entries, plan.overrides), exit_when_done=True)
 
 
 def _nodes(args: argparse.Namespace) -> int:
@@ -141,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_critic(sub)
     add_filter(sub)
     add_online_rl(sub)
+    sub.choices["online-rl"].set_defaults(func=_online_rl)
 
     from grrl_bringup.demo import add_demo
 

@@ -196,8 +196,16 @@ def plan_graph(
         if seed is not None:
             overrides["episode_runner"]["seed"] = seed
         overrides.setdefault("policy_node", {})["episode_gating"] = True
-    if sim:  # the sim publishes /clock; nodes fed by it run on its time (the runner is wall-clock)
-        for name in ("sim_node", "policy_node", "smoother_node", "teleop_node", "recorder_node"):
+    if sim:  # the sim publishes /clock: every stamp in the graph is sim time
+        for name in (
+            "sim_node",
+            "policy_node",
+            "smoother_node",
+            "teleop_node",
+            "recorder_node",
+            "learner_node",
+            "episode_runner",
+        ):
             overrides.setdefault(name, {})["use_sim_time"] = True
     if not wanted:
         raise NodeListError("nothing to start: name groups, --sim or --policy")

@@ -116,10 +116,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from grrl_learner.evaluation import EvalConfig, evaluate
     from grrl_policy.checkpoint import load_policy
+    from grrl_policy.deployed import deployed
     from grrl_policy.smoother import SmootherConfig
 
     torch.set_grad_enabled(False)
-    policy = load_policy(args.policy, device=args.device)
+    policy = deployed(load_policy(args.policy, device=args.device))  # online RL: π_θ' noise
     cfg = EvalConfig(
         episodes=args.episodes, seed=args.seed, obs_mode=args.obs,
         replan_every=args.replan_every, batch_envs=args.batch_envs, device=args.device,
@@ -290,8 +291,8 @@ def run_online_rl(args: argparse.Namespace) -> int:
 
     if not args.sim:
         raise GrrlError("online-rl needs --sim (on a robot the learner node runs in the graph)")
-    if not args.fast:
-        raise GrrlError("online-rl --sim through the ROS graph is not wired yet: add --fast")
+    if not args.fast:  # the graph path lives in the grrl CLI (grrl_bringup), which has the graph
+        raise GrrlError("online-rl through the ROS graph runs from `grrl online-rl --sim`")
     import torch
 
     from grrl_learner.online import OnlineConfig

@@ -8,15 +8,20 @@ a bag — so a replayed bag gives the episodes a direct read gives. ``replay: tr
 reliably with a deep queue (what a fast ``ros2 bag play`` / ``grrl replay`` needs); otherwise
 the contract QoS (live robot). With ``critic`` set, each finished episode is scored and filtered
 by progress (:mod:`grrl_learner.progress_filter`) and the keep mask is written to ``out_dir``.
+``mode: online`` runs noise-space RL (:mod:`grrl_learner.online`) on the executed episodes —
+ActionChunks (with their noise), the smoother's commands, END with success — and publishes each
+new noise predictor as a PolicyUpdate.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rclpy.node import Node
 
 from grrl_common import contract
@@ -47,6 +52,19 @@ class LearnerNode(Node):
                 Param("reorder_window_s", 0.3, "Hold messages this long to order them by stamp.",
                       0.0, 10.0, read_only=True),
                 Param("episodes", 0, "Finish after this many episodes (0 = run on).", 0, 10**7),
+                Param("mode", "offline", "'offline': build (and filter) episodes; 'online': "
+                      "noise-space RL on the executed episodes (needs 'policy').",
+                      read_only=True),
+                Param("policy", "", "Online: the offline policy checkpoint to improve.",
+                      read_only=True),
+                Param("update_every", 12, "Online: new episodes per update.", 1, 10**6,
+                      read_only=True),
+                Param("steps_per_update", 50, "Online: optimisation steps per update.", 1, 10**6,
+                      read_only=True),
+                Param("warmup_episodes", 24, "Online: offline-policy rollouts before the first "
+                      "update.", 1, 10**6, read_only=True),
+                Param("warmup_steps", 500, "Online: critic-only steps on the warm-up rollouts.",
+                      0, 10**7, read_only=True),
                 Param("critic", "", "Critic checkpoint: filter each episode by progress."),
                 Param("delta", 0.05, "Progress-drop threshold of the filter.", 0.0, 1.0),
                 Param("out_dir", "", "Where the keep mask and the filter report go."),
@@ -61,6 +79,11 @@ class LearnerNode(Node):
         assembler = EpisodeAssembler(self.robot, load_images=p["load_images"])
         self.feed = StampOrderedFeed(assembler, self._on_episode, p["reorder_window_s"])
         self._filter = self._make_filter(p) if p["critic"] else None
+        self._online = None
+        if p["mode"] not in ("offline", "online"):
+            raise ValueError(f"mode must be 'offline' or 'online', got {p['mode']!r}")
+        if p["mode"] == "online":
+            self._setup_online(p)
         for topic in assembler.topics():
             type_name, kind = _TYPES.get(topic, ("sensor_msgs/msg/Image", QosKind.SENSOR))
             # replay: reliable and volatile, which matches any reliable publisher (a latched
@@ -86,7 +109,8 @@ class LearnerNode(Node):
     def _on_episode(self, episode: Episode) -> None:
         with self._lock:
             self.episodes.append(episode)
-            count = len(self.episodes)
+            # what `episodes` counts: episodes that ran to their end (not the aborted start-up one)
+            count = sum(e.complete and not e.aborted for e in self.episodes)
         status = "success" if episode.success else ("aborted" if episode.aborted else "failure")
         self.get_logger().info(
             f"episode {episode.episode_id}: {len(episode)} steps, {status}, "
@@ -94,6 +118,8 @@ class LearnerNode(Node):
         )
         if self._filter is not None and episode.complete and not episode.aborted:
             self._filter(episode)
+        if self._online is not None and episode.complete and not episode.aborted:
+            self._online(episode)
         if self._p["episodes"] and count >= self._p["episodes"]:
             self.done.set()
 
@@ -121,8 +147,90 @@ class LearnerNode(Node):
 
         return run
 
+    def _setup_online(self, p: dict[str, Any]) -> None:
+        """Noise-space RL in the loop: executed episodes → OnlineLearner; each new noise
+        predictor goes out as a latched PolicyUpdate (the policy node swaps it in between
+        episodes). The learner trains on its own thread; its state is saved after every
+        update and restored here, so a restart loses no episode."""
+        from grrl_learner.online import (
+            ExecutedChunk,
+            OnlineConfig,
+            OnlineLearner,
+            record_from_episode,
+        )
+        from grrl_msgs.msg import ActionChunk, PolicyUpdate
+        from grrl_policy.checkpoint import load_policy
+
+        if not p["policy"]:
+            raise ValueError("learner_node mode 'online' needs the 'policy' parameter")
+        base = load_policy(p["policy"])
+        cameras = list(base.config.cameras)
+        with_objects = bool(base.meta.get("object_poses", not cameras))
+        k = base.config.chunk
+        config = OnlineConfig(
+            update_every=p["update_every"], steps_per_update=p["steps_per_update"],
+            warmup_episodes=p["warmup_episodes"], warmup_steps=p["warmup_steps"],
+        )  # fmt: skip
+        learner = OnlineLearner(p["policy"], p["out_dir"] or "online_rl", config)
+        learner.load_state()
+        self.learner = learner
+        chunks: list[ExecutedChunk] = []
+        chunk_lock = threading.Lock()
+        records: queue.Queue = queue.Queue()  # the learner's own thread takes them in order
+        update_pub = self.create_publisher(
+            PolicyUpdate, contract.POLICY_UPDATE, qos_profile(QosKind.LATCHED)
+        )
+
+        def on_chunk(msg: ActionChunk) -> None:
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            noise = np.asarray(msg.noise, np.float32).reshape(int(msg.horizon), -1)
+            with chunk_lock:
+                chunks.append(ExecutedChunk(stamp, noise, int(msg.policy_version)))
+
+        def learn() -> None:  # buffers, updates and publishes, off the executor
+            while True:
+                record = records.get()
+                if record is None:
+                    return
+                where = learner.add_episode(record)
+                self.get_logger().info(
+                    f"episode {record.episode_id} → {where} buffer ({len(record.steps)} "
+                    f"chunks, v{record.policy_version}); "
+                    f"{learner.episodes_until_update()} to the next update"
+                )
+                path = learner.maybe_update()
+                if path is None:
+                    continue
+                latest = learner.latest_checkpoint
+                update = PolicyUpdate(checkpoint_path=str(path), sha256=latest["sha256"],
+                                      version=int(latest["version"]))  # fmt: skip
+                update.header.stamp = self.get_clock().now().to_msg()
+                update_pub.publish(update)
+                self.get_logger().info(f"published policy v{latest['version']}: {path}")
+
+        def on_episode(episode: Episode) -> None:
+            with chunk_lock:
+                mine = list(chunks)
+                chunks.clear()
+            record = record_from_episode(episode, mine, with_objects, k)
+            if record is None:
+                self.get_logger().warning(f"episode {episode.episode_id}: no chunk of it seen")
+                return
+            records.put(record)
+
+        self._learner_queue = records
+        self._learner_thread = threading.Thread(target=learn, name="online_learner", daemon=True)
+        self._learner_thread.start()
+        self.create_subscription(
+            ActionChunk, contract.ACTION_CHUNK, on_chunk, qos_profile(QosKind.RELIABLE)
+        )
+        self._online = on_episode
+
     def destroy_node(self) -> None:
         self.feed.flush()  # what is still held belongs to the last episode
+        if self._online is not None:  # let the learner store what it was given
+            self._learner_queue.put(None)
+            self._learner_thread.join(timeout=60.0)
         super().destroy_node()
 
 

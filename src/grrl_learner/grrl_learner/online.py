@@ -55,10 +55,10 @@ from grrl_common.atomic import write_directory_atomically
 from grrl_common.errors import GrrlError
 from grrl_learner.critic import ChunkCritic, CriticConfig, project_categorical
 from grrl_learner.train_bc import load_optimizer_tensors, optimizer_tensors
-from grrl_policy.checkpoint import LoadedPolicy, checkpoint_sha256, load_policy, save_policy
+from grrl_policy.checkpoint import checkpoint_sha256, load_policy, save_policy
+from grrl_policy.deployed import NOISE_META
 
 FORMAT = "grrl-online-1"
-NOISE_META = "noise"  # checkpoint meta key: "predictor" when ε comes from the noise predictor
 LEARNER_DIR = "learner"
 EPISODES_DIR = "episodes"
 STATE_DIR = "state"
@@ -348,61 +348,6 @@ class ReplayBuffers:
         flags = torch.zeros(batch_size, dtype=torch.bool)
         flags[:n_on] = True
         return rows, flags
-
-
-# --- the policy with its noise predictor -------------------------------------------------------
-@dataclass
-class NoisePredictorPolicy(LoadedPolicy):
-    """A loaded policy that integrates from its noise predictor's ε instead of N(0, I).
-
-    ``act(..., noise=z)`` uses ε = π_θ'(o) + ``explore_std``·z (z ~ N(0, I) drawn here when not
-    given) and returns that ε as the noise used, so callers that pass Gaussian draws (the sim
-    evaluator, the rollout loop) get predictor noise with optional exploration.
-    """
-
-    explore_std: float = 0.0
-
-    @classmethod
-    def wrap(cls, policy: LoadedPolicy, explore_std: float = 0.0) -> NoisePredictorPolicy:
-        return cls(policy.model, policy.norm, policy.joint_names, policy.control_dt,
-                   policy.meta, explore_std)  # fmt: skip
-
-    @torch.no_grad()
-    def predicted_noise(
-        self, states: np.ndarray, instructions: list[str], images: np.ndarray | None = None
-    ) -> torch.Tensor:
-        """π_θ'(o): (B, k, n) on the policy's device."""
-        obs = self.observation(states, instructions, images)
-        return self.model.predict_noise(self.model.encode(obs)).float()
-
-    @torch.no_grad()
-    def act(
-        self,
-        states: np.ndarray,
-        instructions: list[str],
-        images: np.ndarray | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        **guide: Any,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        eps = self.predicted_noise(states, instructions, images)
-        if self.explore_std > 0:
-            if noise is None:
-                noise = torch.randn(tuple(eps.shape), generator=generator)
-            eps = eps + self.explore_std * noise.to(eps)
-        return super().act(states, instructions, images, noise=eps, **guide)
-
-
-def uses_noise_predictor(policy: LoadedPolicy) -> bool:
-    """Whether a checkpoint was published by online RL (sample from its noise predictor)."""
-    return policy.meta.get(NOISE_META) == "predictor"
-
-
-def deployed(policy: LoadedPolicy, explore_std: float = 0.0) -> LoadedPolicy:
-    """The policy as it is run: its noise predictor's ε for online-RL checkpoints, else N(0, I)."""
-    if uses_noise_predictor(policy):
-        return NoisePredictorPolicy.wrap(policy, explore_std)
-    return policy
 
 
 # --- the learner ------------------------------------------------------------------------------
@@ -857,3 +802,49 @@ def plot_curve(curve: str | Path, png: str | Path, window: int = 24) -> Path:
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+# --- episodes from the live graph (learner_node) --------------------------------------------
+@dataclass
+class ExecutedChunk:
+    """What an ActionChunk says about one chunk: when (its observation's stamp), the noise it
+    was integrated from and the policy version."""
+
+    stamp: float  # seconds
+    noise: np.ndarray  # (k, n)
+    policy_version: int
+
+
+def record_from_episode(
+    episode: Any, chunks: Sequence[ExecutedChunk], with_objects: bool, chunk: int
+) -> EpisodeRecord | None:
+    """An :class:`EpisodeRecord` from an episode the reader built from the live topics and the
+    chunks the policy published during it: each chunk is placed at the step whose joint state
+    it was conditioned on (its stamp), its state is that step's policy state, and ``executed``
+    are the commands the smoother sent from there on (the episode's per-step commands, padded
+    with the last). None when no chunk falls on a step of the episode."""
+    times = np.asarray(episode.times, np.float64)
+    if len(times) == 0:
+        return None
+    dt = float(np.median(np.diff(times))) if len(times) > 1 else 0.02
+    steps, noises, versions = [], [], []
+    for c in sorted(chunks, key=lambda c: c.stamp):
+        step = int(np.searchsorted(times, c.stamp - dt / 2))
+        if step >= len(times) or abs(times[step] - c.stamp) > dt / 2:
+            continue  # conditioned on a state outside this episode
+        if steps and step <= steps[-1]:
+            continue  # two chunks from one observation: keep the first
+        steps.append(step)
+        noises.append(np.asarray(c.noise, np.float32))
+        versions.append(int(c.policy_version))
+    if not steps:
+        return None
+    commands = np.asarray(episode.commands, np.float32)
+    padded = np.concatenate([commands, np.repeat(commands[-1:], chunk, axis=0)])
+    executed = np.stack([padded[t : t + chunk] for t in steps])
+    states = np.stack([episode.state_vector(t, with_objects) for t in steps]).astype(np.float32)
+    return EpisodeRecord(
+        steps=np.asarray(steps), states=states, noises=np.stack(noises), executed=executed,
+        length=len(times), success=bool(episode.success), policy_version=max(versions),
+        instruction=episode.instruction, episode_id=episode.episode_id,
+    )  # fmt: skip

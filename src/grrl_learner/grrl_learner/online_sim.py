@@ -34,11 +34,11 @@ from grrl_learner.online import (
     EpisodeRecord,
     OnlineConfig,
     OnlineLearner,
-    deployed,
     plot_curve,
     read_curve,
 )
 from grrl_policy.checkpoint import LoadedPolicy, checkpoint_sha256, load_policy
+from grrl_policy.deployed import deployed
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
 from grrl_sim.task import InsertionTask, TaskConfig
 

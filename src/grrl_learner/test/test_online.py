@@ -17,7 +17,6 @@ from grrl_common.robot import load_robot_description
 from grrl_learner import online
 from grrl_learner.online import (
     EpisodeRecord,
-    NoisePredictorPolicy,
     OnlineConfig,
     OnlineError,
     OnlineLearner,
@@ -30,6 +29,7 @@ from grrl_learner.online import (
     noise_predictor_loss,
 )
 from grrl_policy.checkpoint import checkpoint_sha256, load_policy
+from grrl_policy.deployed import NoisePredictorPolicy
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
 
 torch.set_num_threads(1)

@@ -2,7 +2,9 @@
 
 :class:`PolicyRunner` owns the loaded policy and one worker thread. ``submit`` hands the worker
 an observation and returns at once (False while a chunk is still being generated), so node
-callbacks never block on the model. ``request_update`` loads new weights on a separate thread,
+callbacks never block on the model. A checkpoint published by online RL samples from its
+noise predictor (:func:`grrl_policy.deployed.deployed`). ``request_update`` loads new weights on a
+separate thread,
 checks their sha256 first, and stages them; the worker swaps them in before the next chunk
 (``swap="chunk"``) or when the caller says an episode starts (``swap="episode"``) — never in the
 middle of generating a chunk. A refused or broken update leaves the running policy untouched.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from grrl_policy.checkpoint import LoadedPolicy, checkpoint_sha256, load_policy
+from grrl_policy.deployed import deployed
 from grrl_policy.observation import PolicyInputs
 from grrl_policy.rtc import prefix_guide
 
@@ -60,13 +63,15 @@ class PolicyRunner:
         noise_scale: float = 1.0,
         rtc: bool = False,
         swap: str = "chunk",
+        explore_std: float = 0.0,
         clock: Callable[[], float] | None = None,
         on_error: Callable[[str], None] | None = None,
         on_update: Callable[[UpdateOutcome], None] | None = None,
     ) -> None:
         if swap not in ("chunk", "episode"):
             raise ValueError(f"swap must be 'chunk' or 'episode', got {swap!r}")
-        self.policy = policy
+        self.explore_std = explore_std
+        self.policy = deployed(policy, explore_std)
         self.version = version
         self.noise_scale = noise_scale
         self.rtc = rtc
@@ -150,7 +155,7 @@ class PolicyRunner:
             ))  # fmt: skip
             return
         try:
-            loaded = load_policy(path, device=self.policy.device)
+            loaded = deployed(load_policy(path, device=self.policy.device), self.explore_std)
         except Exception as exc:  # a broken checkpoint must not take the running policy down
             self._on_update(UpdateOutcome(version, False, str(exc).splitlines()[0]))
             return

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
@@ -70,7 +71,9 @@ class EpisodeRunner(Node):
         self._reset = self.create_client(ResetEpisode, contract.RESET_EPISODE_SERVICE)
         if p["instruction"]:
             self._instruction_pub.publish(String(data=p["instruction"]))
-        self.create_timer(0.05, self._tick)
+        # a wall-clock tick (steady), so a missing sim (no /clock) is still noticed; events are
+        # stamped with the node's clock: sim time under use_sim_time, like every other stamp
+        self.create_timer(0.05, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _publish(self, kind: int, episode_id: str, note: str = "") -> None:
         event = EpisodeEvent(type=kind, episode_id=episode_id, source="runner", note=note)
