@@ -42,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True)
     parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1, help="reader processes (1: in-process)")
     args = parser.parse_args()
     root = Path(args.data)
     records = read_index(root)[: args.episodes]
@@ -51,7 +52,7 @@ def main() -> None:
     messages = raw_read(root, bags)
     raw_s = time.perf_counter() - started
     started = time.perf_counter()
-    episodes = read_dataset(root, include_incomplete=True,
+    episodes = read_dataset(root, include_incomplete=True, workers=args.workers,
                             episode_ids=[r.episode_id for r in records])  # fmt: skip
     grrl_s = time.perf_counter() - started
     print(json.dumps({

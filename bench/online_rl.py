@@ -45,8 +45,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from grrl_learner.evaluation import EvalConfig, evaluate
-    from grrl_learner.online import NoisePredictorPolicy
     from grrl_policy.checkpoint import checkpoint_sha256, load_policy
+    from grrl_policy.deployed import NoisePredictorPolicy
 
     grrl = shutil.which("grrl")
     if grrl is None:

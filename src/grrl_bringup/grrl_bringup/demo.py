@@ -2,11 +2,16 @@
 
 1. collect noisy demonstrations through the ROS graph (sim + scripted operator via teleop +
    recorder → rosbag2 MCAP episodes);
-2. train a BC policy on them (``grrl train-bc``, wall-time budget);
-3. score it in the sim core through the deployment smoother (``grrl eval``);
-4. deploy it in the ROS graph with the sim (``grrl up --sim --policy … --episodes N``:
+2. train the distributional progress critic and filter the demos by progress drops
+   (``grrl train-critic``, ``grrl filter``: keep mask, per-episode plots, detection scored
+   against the operator's injected mistakes);
+3. train BC on the kept transitions, doubled by left/right mirroring (``grrl train-bc
+   --keep-mask … --mirror``, wall-time budget);
+4. score it in the sim core through the deployment smoother (``grrl eval``);
+5. deploy it in the ROS graph with the sim (``grrl up --sim --policy … --episodes N``:
    policy_node → smoother_node → sim_node over DDS) and score those episodes;
-5. print a summary table and write ``report.md`` with PNG plots.
+6. a short online-RL phase in the noise space (``grrl online-rl --sim --fast``);
+7. print a summary table and write ``report.md`` with PNG plots.
 
 Each stage is the same command a user would type, run as a subprocess; finished stages are kept
 (their outputs exist) unless ``--fresh``, so a second run only redoes what is missing.
@@ -84,11 +89,52 @@ def run_demo(args: argparse.Namespace) -> int:
                 logs / "collect.log",
             ),
         )
-    if not (policy / "model.safetensors").exists() or args.fresh:
+    critic, filtered = out / "critic", out / "filter"
+    if not (filtered / "summary.json").exists():
+        timed(
+            "critic",
+            lambda: _run(
+                "train the progress critic",
+                [
+                    grrl,
+                    "train-critic",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(critic),
+                    "--max-minutes",
+                    str(args.critic_minutes),
+                    "--threads",
+                    "2",
+                    "--no-progress",
+                ],
+                logs / "critic.log",
+            ),
+        )
+        timed(
+            "filter",
+            lambda: _run(
+                "filter the demos by progress",
+                [
+                    grrl,
+                    "filter",
+                    "--data",
+                    str(data),
+                    "--critic",
+                    str(critic),
+                    "--out",
+                    str(filtered),
+                    "--delta",
+                    str(args.delta),
+                ],
+                logs / "filter.log",
+            ),
+        )
+    if not (policy / "model.safetensors").exists():
         timed(
             "train",
             lambda: _run(
-                "train BC",
+                "train BC (filtered + mirrored)",
                 [
                     grrl,
                     "train-bc",
@@ -97,6 +143,9 @@ def run_demo(args: argparse.Namespace) -> int:
                     "--out",
                     str(policy),
                     "--restart",
+                    "--keep-mask",
+                    str(filtered / "keep_mask.json"),
+                    "--mirror",
                     "--steps",
                     str(args.train_steps),
                     "--max-minutes",
@@ -144,14 +193,44 @@ def run_demo(args: argparse.Namespace) -> int:
         ),
     )
 
+    online = out / "online"
+    if args.online_episodes and not (online / "curve.jsonl").exists():
+        timed(
+            "online",
+            lambda: _run(
+                "online RL in the noise space (sim core)",
+                [
+                    grrl,
+                    "online-rl",
+                    "--sim",
+                    "--fast",
+                    "--policy",
+                    str(policy),
+                    "--out",
+                    str(online),
+                    "--episodes",
+                    str(args.online_episodes),
+                    "--warmup-episodes",
+                    str(args.online_episodes // 2),
+                    "--update-every",
+                    str(max(1, args.online_episodes // 4)),
+                    "--warmup-steps",
+                    "100",
+                    "--no-progress",
+                ],
+                logs / "online.log",
+            ),
+        )
+
     from grrl_bringup.report import write_report
 
     rows = {
-        "BC: sim core, through the smoother": json.loads(core_file.read_text())["summary"],
-        "BC: ROS graph (policy_node → smoother_node → sim)":
+        "filtered + mirrored BC: sim core, through the smoother":
+            json.loads(core_file.read_text())["summary"],
+        "filtered + mirrored BC: ROS graph (policy_node → smoother_node → sim)":
             json.loads(graph_file.read_text())["summary"],
     }  # fmt: skip
-    table = write_report(out, rows, policy, data, timings)
+    table = write_report(out, rows, policy, data, timings, filtered, online)
     print("\n" + table)
     print(f"\nreport: {out / 'report.md'}")
     return 0
@@ -161,9 +240,17 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="collect → train → deploy → evaluate on the sim, with a report")
     p.add_argument("--out", default="runs/demo", help="working directory (demos, policy, report)")
     p.add_argument("--episodes", type=int, default=60, help="noisy demonstrations to collect")
-    p.add_argument("--train-minutes", type=float, default=8.0, help="BC wall-time budget")
+    p.add_argument("--train-minutes", type=float, default=7.0, help="BC wall-time budget")
     p.add_argument("--train-steps", type=int, default=6000, help="BC schedule length (steps)")
     p.add_argument("--core-episodes", type=int, default=50, help="sim-core evaluation episodes")
     p.add_argument("--graph-episodes", type=int, default=10, help="episodes through the graph")
+    p.add_argument("--critic-minutes", type=float, default=1.5, help="critic wall-time budget")
+    p.add_argument("--delta", type=float, default=0.08, help="progress-drop threshold δ")
+    p.add_argument(
+        "--online-episodes",
+        type=int,
+        default=24,
+        help="online-RL episodes, half of them warm-up (0 = skip)",
+    )
     p.add_argument("--fresh", action="store_true", help="redo every stage")
     p.set_defaults(func=run_demo)

@@ -86,12 +86,50 @@ def plot_stages(rows: dict[str, dict[str, Any]], png: Path) -> None:
     plt.close(fig)
 
 
+def filter_lines(filtered: Path | None) -> list[str]:
+    """What the progress filter did to the demos (from ``grrl filter``'s summary.json)."""
+    if filtered is None or not (filtered / "summary.json").exists():
+        return []
+    s = json.loads((filtered / "summary.json").read_text())
+
+    def fmt(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    lines = [
+        f"- progress filter (δ = {s.get('delta')}): dropped {fmt(s.get('dropped_fraction'))} of "
+        f"the transitions; against the operator's injected mistakes, span precision "
+        f"{fmt(s.get('span_precision'))}, recall {fmt(s.get('span_recall'))} "
+        f"(per-episode plots: `{filtered / 'index.md'}`)",
+    ]
+    return lines
+
+
+def online_lines(online: Path | None, out: Path) -> list[str]:
+    """The online phase: success per policy version along the episodes, and the curve."""
+    curve = online / "curve.jsonl" if online is not None else None
+    if curve is None or not curve.exists():
+        return []
+    rows = _read_jsonl(curve)
+    by_version: dict[int, list[bool]] = {}
+    for row in rows:
+        by_version.setdefault(int(row["version"]), []).append(bool(row["success"]))
+    parts = [f"v{v}: {sum(w)}/{len(w)}" for v, w in sorted(by_version.items())]
+    lines = [f"- online RL (noise space, {len(rows)} episodes in the sim core): successes per "
+             f"policy version {', '.join(parts)}"]  # fmt: skip
+    png = online / "curve.png"
+    if png.exists():
+        lines += ["", f"![online learning curve]({png.relative_to(out)})"]
+    return lines
+
+
 def write_report(
     out: Path,
     rows: dict[str, dict[str, Any]],
     policy: Path,
     data: Path,
     timings: dict[str, float],
+    filtered: Path | None = None,
+    online: Path | None = None,
 ) -> str:
     """Write ``out/report.md`` (+ PNGs); return the summary table."""
     table = summary_table(rows)
@@ -107,10 +145,12 @@ def write_report(
         "",
         f"- demonstrations: `{data}` ({len(episodes) if hasattr(episodes, '__len__') else '?'} "
         "episodes, noisy scripted operator through teleop + recorder)",
-        f"- policy: `{policy}` (BC, {meta.get('step', '?')} steps, "
+        f"- policy: `{policy}` (BC on the kept transitions + their mirror images, "
+        f"{meta.get('step', '?')} steps, "
         f"{meta.get('transitions', '?')} transitions)",
         "- minutes per stage: " + ", ".join(f"{k} {v}" for k, v in timings.items()) + (
             "" if timings else "all stages reused from an earlier run"),
+        *filter_lines(filtered),
         "",
         table,
         "",
@@ -118,5 +158,8 @@ def write_report(
     ]  # fmt: skip
     if has_training:
         lines += ["", "![training loss](training.png)"]
+    online_part = online_lines(online, out)
+    if online_part:
+        lines += ["", *online_part]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return table

@@ -30,7 +30,6 @@ import heapq
 import itertools
 import json
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -687,14 +686,14 @@ def read_dataset(
     load_images: bool = True,
     max_image_age_s: float = DEFAULT_MAX_IMAGE_AGE_S,
     episode_ids: Iterable[str] | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> list[Episode]:
     """Read a dataset directory's episodes in index order.
 
     Incomplete episodes (index says so, or the bag has no END) are skipped with a warning
     unless ``include_incomplete``; ``include_failed=False`` keeps only successful ones.
-    Bags are independent, so they are read by ``workers`` processes (default: one per CPU, up
-    to 8; 1 reads in this process).
+    Bags are independent: ``workers`` > 1 reads them in that many processes (spawned, so not
+    from inside a process that must not fork-and-import: a DDP rank reads in-process).
     """
     records = read_index(root)
     robot = robot if robot is not None else load_robot_description()
@@ -713,7 +712,7 @@ def read_dataset(
          r.episode_id)
         for r in todo
     ]  # fmt: skip
-    workers = min(workers or os.cpu_count() or 1, 8, len(args))
+    workers = max(1, min(workers, len(args)))
     if workers > 1:
         import concurrent.futures
         import multiprocessing
