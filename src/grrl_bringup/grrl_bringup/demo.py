@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from grrl_common.errors import GrrlError
 
@@ -57,179 +56,61 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    data, policy = out / "demos", out / "policy_bc"
+    data, critic, filtered = out / "demos", out / "critic", out / "filter"
+    policy, online = out / "policy_bc", out / "online"
+    core_file, graph_file = out / "eval_core.json", out / "eval_graph.json"
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn) -> Any:
+    def stage(name: str, title: str, argv: list[str], done: Path | None = None) -> None:
+        """Run a stage unless ``done`` exists (its output from an earlier run)."""
+        if done is not None and done.exists():
+            return
         started = time.monotonic()
-        value = fn()
+        _run(title, [grrl, *argv], logs / f"{name}.log")
         timings[name] = round((time.monotonic() - started) / 60, 2)
-        return value
 
-    if not (data / "index.json").exists():
-        timed(
-            "collect",
-            lambda: _run(
-                "collect",
-                [
-                    grrl,
-                    "collect",
-                    "--sim",
-                    "--episodes",
-                    str(args.episodes),
-                    "--obs",
-                    "state",
-                    "--operator",
-                    "noisy",
-                    "--seed",
-                    "0",
-                    "--out",
-                    str(data),
-                ],
-                logs / "collect.log",
-            ),
-        )
-    critic, filtered = out / "critic", out / "filter"
-    if not (filtered / "summary.json").exists():
-        timed(
-            "critic",
-            lambda: _run(
-                "train the progress critic",
-                [
-                    grrl,
-                    "train-critic",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(critic),
-                    "--max-minutes",
-                    str(args.critic_minutes),
-                    "--threads",
-                    "2",
-                    "--no-progress",
-                ],
-                logs / "critic.log",
-            ),
-        )
-        timed(
-            "filter",
-            lambda: _run(
-                "filter the demos by progress",
-                [
-                    grrl,
-                    "filter",
-                    "--data",
-                    str(data),
-                    "--critic",
-                    str(critic),
-                    "--out",
-                    str(filtered),
-                    "--delta",
-                    str(args.delta),
-                ],
-                logs / "filter.log",
-            ),
-        )
-    if not (policy / "model.safetensors").exists():
-        timed(
-            "train",
-            lambda: _run(
-                "train BC (filtered + mirrored)",
-                [
-                    grrl,
-                    "train-bc",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(policy),
-                    "--restart",
-                    "--keep-mask",
-                    str(filtered / "keep_mask.json"),
-                    "--mirror",
-                    "--steps",
-                    str(args.train_steps),
-                    "--max-minutes",
-                    str(args.train_minutes),
-                    "--no-progress",
-                ],
-                logs / "train.log",
-            ),
-        )
-    core_file = out / "eval_core.json"
-    timed(
-        "eval_core",
-        lambda: _run(
-            "evaluate in the sim core",
-            [
-                grrl,
-                "eval",
-                "--policy",
-                str(policy),
-                "--episodes",
-                str(args.core_episodes),
-                "--episodes-out",
-                str(core_file),
-            ],
-            logs / "eval_core.log",
-        ),
-    )
-    graph_file = out / "eval_graph.json"
-    timed(
-        "eval_graph",
-        lambda: _run(
-            "deploy in the ROS graph and evaluate",
-            [
-                grrl,
-                "up",
-                "--sim",
-                "--policy",
-                str(policy),
-                "--episodes",
-                str(args.graph_episodes),
-                "--results",
-                str(graph_file),
-            ],
-            logs / "eval_graph.log",
-        ),
-    )
-
-    online = out / "online"
-    if args.online_episodes and not (online / "curve.jsonl").exists():
-        timed(
-            "online",
-            lambda: _run(
-                "online RL in the noise space (sim core)",
-                [
-                    grrl,
-                    "online-rl",
-                    "--sim",
-                    "--fast",
-                    "--policy",
-                    str(policy),
-                    "--out",
-                    str(online),
-                    "--episodes",
-                    str(args.online_episodes),
-                    "--warmup-episodes",
-                    str(args.online_episodes // 2),
-                    "--update-every",
-                    str(max(1, args.online_episodes // 4)),
-                    "--warmup-steps",
-                    "100",
-                    "--no-progress",
-                ],
-                logs / "online.log",
-            ),
-        )
+    # fmt: off
+    stage("collect", "collect noisy demos through the ROS graph",
+          ["collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
+           "--operator", "noisy", "--seed", "0", "--out", str(data)], data / "index.json")
+    stage("critic", "train the progress critic",
+          ["train-critic", "--data", str(data), "--out", str(critic), "--max-minutes",
+           str(args.critic_minutes), "--threads", "2", "--no-progress"],
+          critic / "model.safetensors")
+    stage("filter", "filter the demos by progress",
+          ["filter", "--data", str(data), "--critic", str(critic), "--out", str(filtered),
+           "--delta", str(args.delta)], filtered / "summary.json")
+    stage("train", "train BC on the kept transitions and their mirror images",
+          ["train-bc", "--data", str(data), "--out", str(policy), "--restart", "--keep-mask",
+           str(filtered / "keep_mask.json"), "--mirror", "--steps", str(args.train_steps),
+           "--max-minutes", str(args.train_minutes), "--no-progress"],
+          policy / "model.safetensors")
+    stage("eval_core", "evaluate in the sim core",
+          ["eval", "--policy", str(policy), "--episodes", str(args.core_episodes),
+           "--episodes-out", str(core_file)])
+    stage("eval_graph", "deploy in the ROS graph and evaluate",
+          ["up", "--sim", "--policy", str(policy), "--episodes", str(args.graph_episodes),
+           "--results", str(graph_file)])
+    if args.online_episodes:
+        stage("online", "online RL in the noise space (sim core)",
+              ["online-rl", "--sim", "--fast", "--policy", str(policy), "--out", str(online),
+               "--episodes", str(args.online_episodes),
+               "--warmup-episodes", str(args.online_episodes // 2),
+               "--update-every", str(max(1, args.online_episodes // 4)),
+               "--warmup-steps", "100", "--threads", "1", "--no-progress"],
+              online / "curve.jsonl")
+    # fmt: on
 
     from grrl_bringup.report import write_report
 
     rows = {
-        "filtered + mirrored BC: sim core, through the smoother":
-            json.loads(core_file.read_text())["summary"],
-        "filtered + mirrored BC: ROS graph (policy_node → smoother_node → sim)":
-            json.loads(graph_file.read_text())["summary"],
-    }  # fmt: skip
+        "filtered + mirrored BC: sim core, through the smoother": json.loads(core_file.read_text())[
+            "summary"
+        ],
+        "filtered + mirrored BC: ROS graph (policy_node → smoother_node → sim)": json.loads(
+            graph_file.read_text()
+        )["summary"],
+    }
     table = write_report(out, rows, policy, data, timings, filtered, online)
     print("\n" + table)
     print(f"\nreport: {out / 'report.md'}")
