@@ -121,7 +121,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="collect → train → deploy → evaluate on the sim, with a report")
     p.add_argument("--out", default="runs/demo", help="working directory (demos, policy, report)")
     p.add_argument("--episodes", type=int, default=60, help="noisy demonstrations to collect")
-    p.add_argument("--train-minutes", type=float, default=7.0, help="BC wall-time budget")
+    p.add_argument("--train-minutes", type=float, default=6.0, help="BC wall-time budget")
     p.add_argument("--train-steps", type=int, default=6000, help="BC schedule length (steps)")
     p.add_argument("--core-episodes", type=int, default=50, help="sim-core evaluation episodes")
     p.add_argument("--graph-episodes", type=int, default=10, help="episodes through the graph")
@@ -130,7 +130,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--online-episodes",
         type=int,
-        default=24,
+        default=16,
         help="online-RL episodes, half of them warm-up (0 = skip)",
     )
     p.add_argument("--fresh", action="store_true", help="redo every stage")
