@@ -155,6 +155,19 @@ def evaluate(
     return result
 
 
+def reset_envs(
+    tasks: list[InsertionTask], seeds: list[int], limits: JointLimits, cfg: SmootherConfig
+) -> tuple[list[Observation], list[ChunkSmoother]]:
+    """Reset each env with its seed; one smoother per env, at rest where its robot is."""
+    observations = [task.reset(seed) for task, seed in zip(tasks, seeds, strict=True)]
+    smoothers = []
+    for obs in observations:
+        smoother = ChunkSmoother(limits, cfg)
+        smoother.reset(obs.joint_positions, time=-tasks[0].control_dt)  # last command: t = −dt
+        smoothers.append(smoother)
+    return observations, smoothers
+
+
 def _run_batch(
     policy: LoadedPolicy,
     tasks: list[InsertionTask],
@@ -169,12 +182,7 @@ def _run_batch(
 ) -> list[EpisodeResult]:
     dt = tasks[0].control_dt
     limit = cfg.max_steps or tasks[0].config.episode_limit_steps
-    observations = [task.reset(seed) for task, seed in zip(tasks, seeds, strict=True)]
-    smoothers = []
-    for obs in observations:
-        smoother = ChunkSmoother(limits, smoother_cfg)
-        smoother.reset(obs.joint_positions, time=-dt)  # the last command was for t = −dt
-        smoothers.append(smoother)
+    observations, smoothers = reset_envs(tasks, seeds, limits, smoother_cfg)
     done: list[EpisodeResult | None] = [None] * len(tasks)
     k, n_actions = policy.model.chunk_shape
     # per env: the chunk it executes now (actions, start time), the one being computed

@@ -29,7 +29,7 @@ import torch
 
 from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
-from grrl_learner.evaluation import policy_state
+from grrl_learner.evaluation import policy_state, reset_envs
 from grrl_learner.online import (
     EpisodeRecord,
     OnlineConfig,
@@ -39,7 +39,7 @@ from grrl_learner.online import (
 )
 from grrl_policy.checkpoint import LoadedPolicy, checkpoint_sha256, load_policy
 from grrl_policy.deployed import deployed
-from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
+from grrl_policy.smoother import JointLimits, SmootherConfig
 from grrl_sim.task import InsertionTask, TaskConfig
 
 # Online episodes' scenes: above the demos' small seeds, apart from validation (500 000) and
@@ -81,12 +81,7 @@ def rollout(
     dt = tasks[0].control_dt
     limit = cfg.max_steps or tasks[0].config.episode_limit_steps
     k, _ = policy.model.chunk_shape
-    observations = [task.reset(seed) for task, seed in zip(tasks, seeds, strict=True)]
-    smoothers = []
-    for obs in observations:
-        smoother = ChunkSmoother(limits, smoother_cfg)
-        smoother.reset(obs.joint_positions, time=-dt)  # the last command was for t = −dt
-        smoothers.append(smoother)
+    observations, smoothers = reset_envs(tasks, seeds, limits, smoother_cfg)
     sent: list[list[np.ndarray]] = [[] for _ in tasks]  # command positions, one per step
     chunks_of: list[list[tuple[int, np.ndarray, np.ndarray, Any]]] = [[] for _ in tasks]
     done: list[EpisodeRecord | None] = [None] * len(tasks)
