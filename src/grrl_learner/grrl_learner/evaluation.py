@@ -155,6 +155,21 @@ def evaluate(
     return result
 
 
+def batch_inputs(
+    tasks: list[InsertionTask],
+    observations: list[Observation],
+    envs: list[int],
+    with_objects: bool,
+    cameras: list[str],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The policy's batched states (B, S) and images (B, V, H, W, 3) of the envs ``envs``."""
+    states = np.stack([policy_state(tasks[i], observations[i], with_objects) for i in envs])
+    images = None
+    if cameras:
+        images = np.stack([np.stack([observations[i].images[c] for c in cameras]) for i in envs])
+    return states, images
+
+
 def reset_envs(
     tasks: list[InsertionTask], seeds: list[int], limits: JointLimits, cfg: SmootherConfig
 ) -> tuple[list[Observation], list[ChunkSmoother]]:
@@ -216,12 +231,7 @@ def _run_batch(
         else:
             due = [i for i in active if i not in in_flight] if step % cfg.replan_every == 0 else []
         if due:
-            states = np.stack([policy_state(tasks[i], observations[i], with_objects) for i in due])
-            images = None
-            if cameras:
-                images = np.stack(
-                    [np.stack([observations[i].images[c] for c in cameras]) for i in due]
-                )
+            states, images = batch_inputs(tasks, observations, due, with_objects, cameras)
             noise = cfg.noise_scale * torch.randn(
                 (len(due), *policy.model.chunk_shape), generator=generator, device=cfg.device
             )

@@ -29,7 +29,7 @@ import torch
 
 from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
-from grrl_learner.evaluation import policy_state, reset_envs
+from grrl_learner.evaluation import batch_inputs, reset_envs
 from grrl_learner.online import (
     EpisodeRecord,
     OnlineConfig,
@@ -109,12 +109,7 @@ def rollout(
         else:
             due = active if step % cfg.replan_every == 0 else []
         if due:
-            states = np.stack([policy_state(tasks[i], observations[i], with_objects) for i in due])
-            images = None
-            if cameras:
-                images = np.stack(
-                    [np.stack([observations[i].images[c] for c in cameras]) for i in due]
-                )
+            states, images = batch_inputs(tasks, observations, due, with_objects, cameras)
             # N(0, I) draws: the noise itself (version 0) or the exploration around π_θ'(o)
             draws = torch.randn((len(due), *policy.model.chunk_shape), generator=generator)
             chunks, used = policy.act(states, [instruction] * len(due), images, noise=draws)
