@@ -12,6 +12,7 @@ batch). Checkpoints are safetensors + JSON (``grrl_policy.checkpoint``); the tra
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import os
@@ -95,6 +96,20 @@ def init_distributed(device: str) -> None:
     """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def finish_distributed() -> None:
+    """Leave the process group together and destroy it while Python is fully alive.
+
+    Gloo's worker threads drop their last finished work at their own pace; if the group
+    outlives the interpreter's finalisation that drop needs the GIL and aborts the process
+    ("terminate called without an active exception"). Callers first release every DDP
+    wrapper, which holds the group too.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        gc.collect()
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -338,9 +353,11 @@ class BCTrainer:
                 break
         if bar is not None:
             bar.close()
-        if self.world > 1:
-            dist.barrier()
         return out
+
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper (and with it its reference to the process group)."""
+        self.wrapped = self.model
 
     def save(self, step: int) -> None:
         save_policy(self.out, self.ema, self.norm, self.joint_names, self.control_dt,
@@ -360,7 +377,11 @@ class BCTrainer:
 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the checkpoint directory."""
-    return BCTrainer(cfg).run()
+    trainer = BCTrainer(cfg)
+    out = trainer.run()
+    trainer.release_distributed()
+    finish_distributed()  # not on error: a barrier would wait for the failed rank forever
+    return out
 
 
 def periodic_eval(policy: LoadedPolicy, cfg: TrainConfig, robot: RobotDescription) -> dict:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import sys
 
-import torch.distributed as dist
 from safetensors.torch import save_file
 
-from grrl_learner.train_bc import BCTrainer, TrainConfig
+from grrl_learner.train_bc import BCTrainer, TrainConfig, finish_distributed
 
 
 def main(data: str, out: str) -> None:
@@ -24,8 +23,8 @@ def main(data: str, out: str) -> None:
              for name, p in trainer.model.named_parameters() if p.grad is not None}  # fmt: skip
     if trainer.rank == 0:
         save_file(grads, out, metadata={"world": str(trainer.world), "loss": str(loss.item())})
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    trainer.release_distributed()
+    finish_distributed()
 
 
 if __name__ == "__main__":
