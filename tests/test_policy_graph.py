@@ -32,6 +32,10 @@ def _record(node: Node, msg_type, topic: str, qos) -> list:
     return received
 
 
+def _seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def _statuses(diagnostics: list, name: str) -> list:
     return [s for array in diagnostics for s in array.status if s.name == name]
 
@@ -205,20 +209,32 @@ def test_grrl_up_closes_the_loop_with_the_sim_and_scores_episodes(
     states = _record(node, JointState, contract.JOINT_STATES, qos_profile("sensor"))
     chunks = _record(node, ActionChunk, contract.ACTION_CHUNK, qos_profile("reliable"))
     commands = _record(node, JointTrajectory, contract.JOINT_COMMAND, qos_profile("command"))
+    events = _record(node, EpisodeEvent, contract.EPISODE_EVENT, qos_profile("latched"))
     graph = start_process(
         executable_path("grrl_bringup", "grrl"), "up", "--sim", "--policy", str(policy),
-        "--episodes", "2", "--episode-steps", "100", "--results", str(results),
+        "--episodes", "3", "--episode-steps", "100", "--results", str(results),
     )  # fmt: skip
     assert spin_until(executor, lambda: graph.process.poll() is not None, 150), graph.text()
     assert graph.process.returncode == 0, graph.text()
     document = json.loads(results.read_text())
-    assert document["summary"]["episodes"] == 2
-    assert [e["seed"] for e in document["episodes"]] == [1_000_000, 1_000_001]
+    assert document["summary"]["episodes"] == 3
+    assert [e["seed"] for e in document["episodes"]] == [1_000_000, 1_000_001, 1_000_002]
     assert all(e["note"].startswith("timeout") for e in document["episodes"])  # untrained
     # the loop closed: chunks → smoother commands → the sim's joints moved away from home
     assert chunks and commands, graph.text()
     moved = np.array([s.position for s in states]) - HOME
     assert np.abs(moved).max() > 0.05, graph.text()
+    # an episode left the robot away from home; the reset put it back, and nothing (a hold
+    # command at the old pose from the smoother, say) pulled it away again as the next episode
+    # began (the last reset: discovery may make this observer miss the first episode)
+    stamps = np.array([_seconds(s.header.stamp) for s in states])
+    last_end = [e for e in events if e.type == EpisodeEvent.END][-2]
+    before = np.searchsorted(stamps, _seconds(last_end.header.stamp))
+    assert 0 < before < len(stamps) and np.abs(moved[before]).max() > 0.05
+    deviation = np.abs(moved[before:]).max(axis=1)
+    reset = int(np.argmax(deviation < 0.005))  # the first state at home
+    assert deviation[reset] < 0.005 and reset + 3 < len(deviation)
+    assert deviation[reset : reset + 3].max() < 0.02, deviation[reset : reset + 8]
     assert "Traceback" not in graph.text()
 
 

@@ -86,6 +86,20 @@ def test_sim_node_obeys_commands_rejects_bad_ones_and_aborts_on_reset(
     assert spin_until(executor, lambda: any(e.type == EpisodeEvent.ABORT for e in events), 10)
     assert spin_until(executor, lambda: abs(waist_now() - robot.sim["home"][0]) < 0.05, 10)
 
+    # a command stamped before the reset was meant for the old scene: dropped, the robot stays
+    # home; one stamped now (sim time, like the joint states) is obeyed
+    home = robot.sim["home"][0]
+    stale = _command(["left_waist"], [home + 0.3])
+    stale.header.stamp = states[0].header.stamp
+    command_pub.publish(stale)
+    count = len(states)
+    spin_until(executor, lambda: len(states) > count + 25, 10)
+    assert abs(waist_now() - home) < 0.02
+    fresh = _command(["left_waist"], [home + 0.3])
+    fresh.header.stamp = states[-1].header.stamp
+    command_pub.publish(fresh)
+    assert spin_until(executor, lambda: abs(waist_now() - (home + 0.3)) < 0.02, 10)
+
 
 def test_fast_pacing_steps_on_commands_publishes_clock_and_ends_episode(
     executor, ros_context, start_process, executable_path

@@ -6,6 +6,8 @@ JointTrajectory (positions, velocities, accelerations). It holds the robot where
 first chunk, and it is the watchdog: stale or missing chunks, a malformed or non-finite chunk, or
 the end of an episode bring the robot smoothly to rest from the commanded state, never a jump.
 ``EpisodeEvent`` START re-anchors it at the measured joints (a reset moved the robot).
+Between episodes — once the stop after END/ABORT is complete — it publishes nothing, so the
+controller holds and a scene reset is not fought by a hold command at the old pose.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class SmootherNode(Node):
         self._max_catch_up = p["max_catch_up_steps"]
         self._measured: np.ndarray | None = None
         self._anchor_pending = True  # (re)start from the measured joints at the next state
+        self._between_episodes = False  # END/ABORT came: silent once at rest, until START
         self.chunks_accepted = 0
         self.chunks_refused = 0
         self.commands_published = 0
@@ -184,16 +187,19 @@ class SmootherNode(Node):
     def _on_event_locked(self, msg: EpisodeEvent) -> None:
         if msg.type == EpisodeEvent.START:
             self._anchor_pending = True  # the scene was reset: start over from the robot
-        elif msg.type in (EpisodeEvent.END, EpisodeEvent.ABORT) and self.smoother.state not in (
-            "idle", "stopped",
-        ):  # fmt: skip
-            self.smoother.stop("episode ended")
+            self._between_episodes = False
+        elif msg.type in (EpisodeEvent.END, EpisodeEvent.ABORT):
+            self._between_episodes = True
+            if self.smoother.state not in ("idle", "stopped"):
+                self.smoother.stop("episode ended")
 
     # -- output ---------------------------------------------------------------------------
 
     def _tick_locked(self) -> None:
         if self.smoother.state == "idle" or self._anchor_pending:
             return
+        if self._between_episodes and self.smoother.state == "stopped":
+            return  # at rest after the episode: the controller holds; the reset may move it
         due = (self._now() - self.smoother.time) / self.dt
         steps = int(math.floor(due + 0.5))
         if steps <= 0:

@@ -2,7 +2,10 @@
 
 For each of ``episodes`` seeds it calls the sim's ``ResetEpisode`` service, publishes an
 ``EpisodeEvent`` START (so the policy and smoother start over from the reset scene) and waits for
-the sim's END (success, stages reached) or a wall-clock timeout (then ABORT). When all are done
+the sim's END (success, stages reached) or a wall-clock timeout (then ABORT). Before the next
+reset it waits until ``/grrl/joint_command`` has been quiet for ``settle_quiet_s`` (the smoother
+finished its stop; a reset during it would be undone by the stop's commands), at most
+``settle_timeout_s``. When all are done
 it logs and writes a JSON summary — success, Wilson 95 % CI, per-stage success — and sets
 ``done``, so ``grrl up --exit-when-done`` returns. What is scored is what the deployed graph did:
 policy_node → smoother_node → sim, over DDS.
@@ -19,6 +22,7 @@ from typing import Any
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
 
 from grrl_common import contract
 from grrl_common.contract import QosKind, qos_profile
@@ -54,6 +58,10 @@ class EpisodeRunner(Node):
                 Param("results_file", "", "Write the JSON summary and episodes here."),
                 Param("service_timeout_s", 30.0, "Wait this long for the sim's reset service.",
                       1.0, 600.0),
+                Param("settle_quiet_s", 0.1, "Before a reset: joint commands quiet this long "
+                      "(the robot came to rest).", 0.0, 10.0),
+                Param("settle_timeout_s", 5.0, "Reset anyway after waiting this long for "
+                      "quiet.", 0.0, 600.0),
             ],
         )  # fmt: skip
         self._p = p
@@ -64,11 +72,16 @@ class EpisodeRunner(Node):
         self._current: dict[str, Any] | None = None
         self._waiting_reset = False
         self._created = time.monotonic()
+        self._last_command: float | None = None  # steady time of the last joint command
+        self._ended_at: float | None = None  # steady time the last episode finished
         latched = qos_profile(QosKind.LATCHED)
         self._event_pub = self.create_publisher(EpisodeEvent, contract.EPISODE_EVENT, latched)
         self._instruction_pub = self.create_publisher(String, contract.INSTRUCTION, latched)
         self.create_subscription(EpisodeEvent, contract.EPISODE_EVENT, self._on_event, latched)
         self._reset = self.create_client(ResetEpisode, contract.RESET_EPISODE_SERVICE)
+        self.create_subscription(
+            JointTrajectory, contract.JOINT_COMMAND, self._on_command, qos_profile(QosKind.COMMAND)
+        )
         if p["instruction"]:
             self._instruction_pub.publish(String(data=p["instruction"]))
         # a wall-clock tick (steady), so a missing sim (no /clock) is still noticed; events are
@@ -79,6 +92,27 @@ class EpisodeRunner(Node):
         event = EpisodeEvent(type=kind, episode_id=episode_id, source="runner", note=note)
         event.header.stamp = self.get_clock().now().to_msg()
         self._event_pub.publish(event)
+
+    def _on_command(self, _msg: JointTrajectory) -> None:
+        with self._lock:
+            self._last_command = time.monotonic()
+
+    def _settling(self) -> bool:
+        """True while the robot may still be moving after the last episode."""
+        with self._lock:
+            last, ended = self._last_command, self._ended_at
+        if ended is None or last is None:
+            return False
+        now = time.monotonic()
+        if now - last >= self._p["settle_quiet_s"]:
+            return False
+        if now - ended < self._p["settle_timeout_s"]:
+            return True
+        self.get_logger().warning(
+            f"joint commands still coming {self._p['settle_timeout_s']:.1f} s after the episode "
+            "ended; resetting anyway", throttle_duration_sec=10.0,
+        )  # fmt: skip
+        return False
 
     def _tick(self) -> None:
         if self.done.is_set():
@@ -95,6 +129,8 @@ class EpisodeRunner(Node):
         index = len(self.results)
         if index >= self._p["episodes"]:
             return self._complete()
+        if self._settling():
+            return
         if not self._reset.service_is_ready():
             if time.monotonic() - self._created > self._p["service_timeout_s"]:
                 self.get_logger().error("no ResetEpisode service (is the sim running?)")
@@ -136,6 +172,7 @@ class EpisodeRunner(Node):
     def _finish(self, success: bool, reached: dict[str, bool], note: str) -> None:
         with self._lock:
             current, self._current = self._current, None
+            self._ended_at = time.monotonic()
         if current is None:
             return
         seconds = time.monotonic() - current["wall_start"]

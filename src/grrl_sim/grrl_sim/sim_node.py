@@ -4,9 +4,10 @@ Publishes ``/joint_states`` and the cameras (sensor-data QoS), ``/clock`` (sim t
 ``EpisodeEvent`` END (with success) when an episode completes or times out; obeys
 ``/grrl/joint_command`` (one-point JointTrajectory, positions required) and the
 ``ResetEpisode`` service. Invalid commands are rejected with a rate-limited error and the robot
-holds its last valid target. Pacing: ``realtime`` steps on the wall clock; ``fast`` steps as soon
-as a command for the step arrives (or after ``fast_idle_s`` without one), as fast as the graph
-can go, with every node on ``use_sim_time``.
+holds its last valid target; commands stamped before the last reset were meant for the previous
+scene and are dropped (a reset puts the robot at home and holds it there). Pacing: ``realtime``
+steps on the wall clock; ``fast`` steps as soon as a command for the step arrives (or after
+``fast_idle_s`` without one), as fast as the graph can go, with every node on ``use_sim_time``.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class SimNode(Node):
         self._episode_id = ""
         self._episode_active = False
         self._last_frame_time = None
+        self._reset_time = 0.0  # sim time of the last reset: older commands are stale
         self.rejected_commands = 0
+        self.stale_commands = 0
         self._startup_error: Exception | None = None
 
         sensor = qos_profile(QosKind.SENSOR)
@@ -169,7 +172,12 @@ class SimNode(Node):
         if len(msg.points) != 1:
             return self._reject(f"expected one trajectory point, got {len(msg.points)}")
         point = msg.points[0]
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
+            if 0.0 < stamp < self._reset_time - 1e-6:  # unstamped commands are not judged
+                self.stale_commands += 1
+                self.get_logger().debug(f"dropped a command from before the reset ({stamp:.3f} s)")
+                return
             target, error = validate_joint_command(
                 self.robot, list(msg.joint_names), list(point.positions), self._target
             )
@@ -210,6 +218,7 @@ class SimNode(Node):
         self._clock_offset += self.task.data.time
         self.task.reset(seed)
         self._target = self.task.home.copy()
+        self._reset_time = self.sim_time()
         self._episode_counter += 1
         self._episode_id = f"sim-{self._episode_counter:04d}-seed{seed}"
         self._episode_active = True
