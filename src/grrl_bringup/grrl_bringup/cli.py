@@ -82,7 +82,7 @@ def _online_rl(args: argparse.Namespace) -> int:
                       seed=args.seed if args.seed is not None else 2_000_000,
                       results_file=str(Path(args.out) / "runner.json"),
                       episode_limit_steps=args.max_steps or 0)  # fmt: skip
-    plan.overrides["policy_node"].update(swap="episode", explore_std=args.explore_std)
+    plan.overrides["policy_node"].update(swap="episode")
     plan.overrides.setdefault("learner_node", {}).update(
         mode="online", policy=str(Path(args.policy).resolve()), out_dir=str(Path(args.out)),
         episodes=args.episodes,

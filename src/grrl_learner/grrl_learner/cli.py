@@ -275,7 +275,6 @@ def add_online_rl(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="free ½‖ε‖² (default d/2 + 3·sqrt(d/2), d = k·n)",
     )
-    p.add_argument("--explore-std", type=float, default=0.2, help="N(0, I) added to the ε")
     p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
     p.add_argument("--replan-every", type=int, default=5, help="control steps per policy call")
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
@@ -314,7 +313,7 @@ def run_online_rl(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, replan_every=args.replan_every,
         smoother=SmootherConfig(control_dt=control_dt, mode=args.smoother,
                                 receding_steps=args.replan_every),
-        explore_std=args.explore_std, batch_envs=args.update_every,
+        batch_envs=args.update_every,
         progress=not args.no_progress,
     )  # fmt: skip
     summary = run_online_sim(args.policy, args.out, sim, learner)

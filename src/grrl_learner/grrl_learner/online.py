@@ -10,8 +10,9 @@ The flow policy π_θ (encoder + action expert, frozen) integrates a chunk from 
   a' = π_θ(o' | π_θ'_target(o'))), delayed actor updates;
 * **Q_φ'(o, ε)**: a critic of the initial noise on the same support, distilled by
   cross-entropy to Q_φ(o, π_θ(o | ε)) with ε ~ N(0, I) w.p. ``gaussian_mix`` (0.5), else
-  π_θ'(o);
-* **π_θ'**: loss E[−Q_φ'(o, ε) + c·max(½‖ε‖² − β, 0)], ε = π_θ'(o). β defaults to
+  from the noise policy ε ~ N(π_θ'(o), I);
+* **π_θ'**: loss E[−Q_φ'(o, ε) + c·max(½‖ε‖² − β, 0)], ε ~ N(π_θ'(o), I) (reparameterised:
+  the head is the mean of the noise policy, see :mod:`grrl_policy.deployed`). β defaults to
   d/2 + 3·sqrt(d/2) (d = k·n): ½‖ε‖² of an N(0, I) draw has mean d/2 and std sqrt(d/2), so
   the noise the expert was trained on is unpenalised and only far-out ε pay.
 
@@ -56,7 +57,7 @@ from grrl_common.errors import GrrlError
 from grrl_learner.critic import ChunkCritic, CriticConfig, project_categorical
 from grrl_learner.train_bc import load_optimizer_tensors, optimizer_tensors
 from grrl_policy.checkpoint import checkpoint_sha256, load_policy, save_policy
-from grrl_policy.deployed import NOISE_META
+from grrl_policy.deployed import NOISE_META, uses_noise_predictor
 
 FORMAT = "grrl-online-1"
 LEARNER_DIR = "learner"
@@ -409,6 +410,11 @@ class OnlineLearner:
         self.model = self.policy.model
         self.model.requires_grad_(False)  # the backbone (encoder, expert) stays frozen
         self.predictor = self.model.noise_predictor
+        if not uses_noise_predictor(self.policy):
+            # from an offline policy: a zero mean shift, so version 1 starts as the offline
+            # policy (ε ~ N(0, I)) whatever the head held (BC does not train it)
+            nn.init.zeros_(self.predictor[-1].weight)
+            nn.init.zeros_(self.predictor[-1].bias)
         self.predictor.requires_grad_(True)
         self.chunk_shape = self.model.chunk_shape
         k, n = self.chunk_shape
@@ -579,7 +585,15 @@ class OnlineLearner:
         return ctx, torch.cat([obs.state.float(), ctx.pooled.float()], dim=1)
 
     def _predict(self, head: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+        """The head's mean ε, (B, k, n)."""
         return head(pooled).view(-1, *self.chunk_shape).float()
+
+    def _sample(
+        self, head: nn.Module, pooled: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """ε ~ N(head(o), I): the noise policy as deployed (grrl_policy.deployed)."""
+        mean = self._predict(head, pooled)
+        return mean + torch.randn(tuple(mean.shape), generator=generator).to(mean)
 
     def _policy_chunk(self, ctx: Any, noise: torch.Tensor) -> torch.Tensor:
         """π_θ(o | ε) in normalised model space (frozen expert)."""
@@ -604,7 +618,7 @@ class OnlineLearner:
             next_ctx, next_feats = self._features(batch.next_obs)
             # TD3 target: the target policy's chunk at o' with clipped smoothing noise
             next_chunk = self._policy_chunk(
-                next_ctx, self._predict(self.predictor_target, next_ctx.pooled)
+                next_ctx, self._sample(self.predictor_target, next_ctx.pooled, g)
             )
             smoothing = torch.randn(tuple(next_chunk.shape), generator=g) * cfg.target_noise
             next_chunk = next_chunk + smoothing.clamp(
@@ -620,7 +634,7 @@ class OnlineLearner:
         self._step("critic", critic_loss, self.critic)
 
         with torch.no_grad():  # distillation target: Q_φ(o, π_θ(o | ε)), ε mixed 50/50
-            eps, _ = mix_noise(self._predict(self.predictor, ctx.pooled), cfg.gaussian_mix, g)
+            eps, _ = mix_noise(self._sample(self.predictor, ctx.pooled, g), cfg.gaussian_mix, g)
             distill_target = pessimistic_probs(
                 self.critic, self.critic.last(feats, self._policy_chunk(ctx, eps))
             )
@@ -633,14 +647,16 @@ class OnlineLearner:
                  "on_policy_fraction": float(on_policy.float().mean())}  # fmt: skip
         if step % cfg.policy_delay == 0:
             if predictor:
-                stats.update(self._predictor_step(ctx.pooled, feats))
+                stats.update(self._predictor_step(ctx.pooled, feats, g))
                 _polyak(self.predictor_target, self.predictor, cfg.tau)
             _polyak(self.critic_target, self.critic, cfg.tau)
         self.optim_steps += 1
         return stats
 
-    def _predictor_step(self, pooled: torch.Tensor, feats: torch.Tensor) -> dict[str, float]:
-        eps = self._predict(self.predictor, pooled)
+    def _predictor_step(
+        self, pooled: torch.Tensor, feats: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, float]:
+        eps = self._sample(self.predictor, pooled, generator)
         q = self.noise_critic.values(self.noise_critic.last(feats, eps))[0]
         loss = noise_predictor_loss(q, eps, self.cfg.penalty_c, self.beta)
         self._step("predictor", loss, self.predictor)

@@ -4,12 +4,12 @@ Like :mod:`grrl_learner.evaluation`, several episodes run in lockstep (batched i
 through its own :class:`~grrl_policy.smoother.ChunkSmoother` — the smoother node's code — and
 the sim steps on what the smoother commands. The policy is the newest published checkpoint,
 loaded from disk and checked against its sha256 as the policy node would: version 0 (the
-offline policy) samples ε ~ N(0, I) (the warm-up rollouts), later versions integrate from their
-noise predictor's ε plus ``explore_std``·N(0, I). Per chunk the loop records the state, the ε
-used and the executed chunk (the commands sent at the k steps from the chunk's start, padded
-with the last one at the episode's end); each finished episode goes to the
-:class:`~grrl_learner.online.OnlineLearner`, and a batch never spans an update: it holds at
-most the episodes still needed before the next one, so every episode ran the newest version.
+offline policy) samples ε ~ N(0, I) (the warm-up rollouts), later versions ε ~ N(π_θ'(o), I)
+(their noise predictor shifts the Gaussian; the draws are the exploration). Per chunk the loop
+records the state, the ε used and the executed chunk (the commands sent at the k steps from
+the chunk's start, padded with the last one at the episode's end); each finished episode goes
+to the :class:`~grrl_learner.online.OnlineLearner`, and a batch never spans an update: it holds
+at most the episodes still needed before the next one, so every episode ran the newest version.
 
 Resumable: ``--out`` keeps the learner's episodes and state; episode i always has seed
 ``seed + i`` and batch noise comes from a generator seeded by its first episode's number.
@@ -58,7 +58,6 @@ class OnlineSimConfig:
     max_steps: int | None = None  # None: the task's episode limit
     replan_every: int = 5  # control steps between policy calls (ensemble mode)
     smoother: SmootherConfig | None = None  # None: defaults at the task's control period
-    explore_std: float = 0.2  # exploration around the predictor's ε (N(0, I) units)
     batch_envs: int = 12  # episodes in lockstep (also capped by the update cadence)
     progress: bool = True
 
@@ -128,13 +127,13 @@ def rollout(
     return [d for d in done if d is not None]
 
 
-def _load_verified(entry: dict[str, Any], explore_std: float) -> LoadedPolicy:
+def _load_verified(entry: dict[str, Any]) -> LoadedPolicy:
     """A published checkpoint as the policy node takes it: sha256 first, then the weights."""
     digest = checkpoint_sha256(entry["path"])
     if digest != entry["sha256"]:
         raise OnlineSimError(f"{entry['path']}: sha256 {digest[:12]}… does not match "
                              f"{entry['sha256'][:12]}…")  # fmt: skip
-    return deployed(load_policy(entry["path"]), explore_std)
+    return deployed(load_policy(entry["path"]))
 
 
 def run_online_sim(
@@ -164,7 +163,7 @@ def run_online_sim(
     smoother_cfg = sim.smoother or SmootherConfig(control_dt=dt)
     limits = JointLimits.from_robot(robot)
     current = learner.latest_checkpoint
-    policy = _load_verified(current, sim.explore_std) if current else load_policy(policy_path)
+    policy = _load_verified(current) if current else load_policy(policy_path)
     started = time.monotonic()
     if sim.progress and resumed:
         print(f"online-rl: resumed {out} at episode {learner.episodes_added}, "
@@ -180,7 +179,7 @@ def run_online_sim(
                 learner.add_episode(record)
             path = learner.maybe_update()
             if path is not None:
-                policy = _load_verified(learner.latest_checkpoint, sim.explore_std)
+                policy = _load_verified(learner.latest_checkpoint)
                 if on_update is not None:
                     on_update(learner)
                 if sim.progress:

@@ -312,8 +312,10 @@ def test_fast_path_runs_episodes_and_publishes_a_verified_checkpoint(
         commands.append(smoother.step().position)
     commands = np.array(commands + [commands[-1]] * K, np.float32)
     replayed = np.stack([commands[t : t + K] for t in steps])
-    np.testing.assert_allclose(executed, replayed, atol=1e-5, rtol=0)
+    # batch sizes differ from the rollout: float32 rounding, amplified a little by the QP
+    np.testing.assert_allclose(executed, replayed, atol=5e-5, rtol=0)
     np.testing.assert_array_equal(executed[-1, 5:], np.repeat(executed[-1, 4:5], K - 5, 0))
-    # episode 2 ran v1: its ε is v1's predictor output plus 0.2·N(0, I) exploration
+    # episode 2 ran v1: its ε ~ N(v1's predictor output, I)
     predicted = NoisePredictorPolicy.wrap(v1).predicted_noise(states, [""] * len(states)).numpy()
-    assert float(((noises - predicted) / 0.2).std()) == pytest.approx(1.0, abs=0.15)
+    assert np.abs(predicted).max() > 0  # the update moved the mean away from the offline N(0, I)
+    assert float((noises - predicted).std()) == pytest.approx(1.0, abs=0.15)

@@ -63,15 +63,13 @@ class PolicyRunner:
         noise_scale: float = 1.0,
         rtc: bool = False,
         swap: str = "chunk",
-        explore_std: float = 0.0,
         clock: Callable[[], float] | None = None,
         on_error: Callable[[str], None] | None = None,
         on_update: Callable[[UpdateOutcome], None] | None = None,
     ) -> None:
         if swap not in ("chunk", "episode"):
             raise ValueError(f"swap must be 'chunk' or 'episode', got {swap!r}")
-        self.explore_std = explore_std
-        self.policy = deployed(policy, explore_std)
+        self.policy = deployed(policy)
         self.version = version
         self.noise_scale = noise_scale
         self.rtc = rtc
@@ -155,7 +153,7 @@ class PolicyRunner:
             ))  # fmt: skip
             return
         try:
-            loaded = deployed(load_policy(path, device=self.policy.device), self.explore_std)
+            loaded = deployed(load_policy(path, device=self.policy.device))
         except Exception as exc:  # a broken checkpoint must not take the running policy down
             self._on_update(UpdateOutcome(version, False, str(exc).splitlines()[0]))
             return

@@ -199,12 +199,16 @@ class FlowMatchingPolicy(nn.Module):
         self.encoder = encoder if encoder is not None else build_encoder(cfg)
         self.expert = ActionExpert(cfg.expert, self.encoder, cfg.action_dim)
         flat = cfg.chunk * cfg.action_dim
-        # online RL's actor in noise space (SPEC §4): pooled features → initial noise ε
+        # online RL's actor in noise space (SPEC §4): pooled features → the mean of the initial
+        # noise, ε ~ N(π_θ'(o), I) (grrl_policy.deployed); zero at first, so online RL starts
+        # from exactly the offline policy
         self.noise_predictor = nn.Sequential(
             nn.Linear(self.encoder.pooled_dim, cfg.noise_hidden), nn.SiLU(),
             nn.Linear(cfg.noise_hidden, cfg.noise_hidden), nn.SiLU(),
             nn.Linear(cfg.noise_hidden, flat),
         )  # fmt: skip
+        nn.init.zeros_(self.noise_predictor[-1].weight)
+        nn.init.zeros_(self.noise_predictor[-1].bias)
 
     @property
     def chunk_shape(self) -> tuple[int, int]:
@@ -352,5 +356,5 @@ class FlowMatchingPolicy(nn.Module):
         return velocity + guidance_weight(tau_value, max_guidance) * correction
 
     def predict_noise(self, ctx: EncoderOutput) -> torch.Tensor:
-        """The noise predictor's ε for these observations, shaped like a chunk."""
+        """The noise predictor's mean ε for these observations, shaped like a chunk."""
         return self.noise_predictor(ctx.pooled).view(-1, *self.chunk_shape)

@@ -65,9 +65,8 @@ class PolicyNode(Node):
                 Param("chunk_period_s", 0.1, "Seconds between chunk requests.", 0.005, 10.0),
                 Param("max_age_s", 0.5, "Inputs older than this are stale (no chunk).",
                       0.01, 60.0),
-                Param("noise_scale", 1.0, "Initial flow noise ~ N(0, scale² I).", 0.0, 10.0),
-                Param("explore_std", 0.0, "Online-RL checkpoints: ε = π_θ'(o) + explore_std·z "
-                      "(exploration around the noise predictor).", 0.0, 10.0, read_only=True),
+                Param("noise_scale", 1.0, "Initial flow noise ~ N(0, scale² I); online-RL "
+                      "checkpoints: ~ N(π_θ'(o), scale² I).", 0.0, 10.0),
                 Param("seed", 0, "Seed of the flow-noise generator.", 0, 2**31 - 1),
                 Param("rtc", False, "Real-time chunking: hold the committed prefix fixed."),
                 Param("swap", "chunk", "Apply PolicyUpdates between 'chunk's or 'episode's."),
@@ -124,7 +123,7 @@ class PolicyNode(Node):
         )  # fmt: skip
         self.runner = PolicyRunner(
             policy, self._publish_chunk, seed=p["seed"], noise_scale=p["noise_scale"],
-            rtc=p["rtc"], swap=p["swap"], explore_std=p["explore_std"], clock=self._now,
+            rtc=p["rtc"], swap=p["swap"], clock=self._now,
             on_error=self._on_inference_error,
             on_update=self._on_update_outcome,
         )  # fmt: skip
