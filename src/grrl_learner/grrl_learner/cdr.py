@@ -47,63 +47,58 @@ class _Payload:
     def align(self, size: int) -> None:
         self.pos += -self.pos % size
 
+    # struct.error (a short buffer) is caught by FastDecoder.decode like _Truncated
     def u32(self) -> int:
-        self.align(4)
-        if self.pos + 4 > len(self.data):
-            raise _Truncated
-        (value,) = _U32.unpack_from(self.data, self.pos)
-        self.pos += 4
+        pos = self.pos + (-self.pos % 4)
+        (value,) = _U32.unpack_from(self.data, pos)
+        self.pos = pos + 4
         return value
 
     def string(self) -> str:
-        size = self.u32()  # including the terminating NUL
-        end = self.pos + size
+        pos = self.pos + (-self.pos % 4)
+        (size,) = _U32.unpack_from(self.data, pos)  # including the terminating NUL
+        pos += 4
+        end = pos + size
         if size == 0 or end > len(self.data):
             raise _Truncated
-        text = bytes(self.data[self.pos : end - 1]).decode()
         self.pos = end
-        return text
+        return bytes(self.data[pos : end - 1]).decode()
 
     def header(self) -> SimpleNamespace:
-        self.align(4)
-        if self.pos + 8 > len(self.data):
-            raise _Truncated
-        sec, nanosec = _STAMP.unpack_from(self.data, self.pos)
-        self.pos += 8
+        pos = self.pos + (-self.pos % 4)
+        sec, nanosec = _STAMP.unpack_from(self.data, pos)
+        self.pos = pos + 8
         frame_id = self.string()
         return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
     def strings(self) -> list[str]:
-        """A sequence of strings; an identical byte block to an earlier one is not re-decoded."""
+        """A sequence of strings; a byte block equal to one decoded before is not re-decoded.
+
+        The block starts 4-aligned, so equal bytes are an equal layout and equal names."""
+        self.align(4)
         start = self.pos
-        count = self.u32()
-        first = self.pos
-        for _ in range(count):  # walk the lengths only
-            size = self.u32()
-            self.pos += size
-            if size == 0 or self.pos > len(self.data):
-                raise _Truncated
-        block = bytes(self.data[start : self.pos])
-        names = self._names.get(block)
-        if names is None:
-            end, self.pos = self.pos, first
-            names = [self.string() for _ in range(count)]
-            if self.pos != end:
-                raise _Truncated
-            if len(self._names) < 64:  # a handful of joint-name orders per recording
-                self._names[block] = names
+        for block, names in self._names.items():  # a handful: the joint-name orders seen
+            end = start + len(block)
+            if bytes(self.data[start:end]) == block:
+                self.pos = end
+                return names
+        names = [self.string() for _ in range(self.u32())]
+        if len(self._names) < 16:
+            self._names[bytes(self.data[start : self.pos])] = names
         return names
 
     def float64s(self) -> np.ndarray:
-        count = self.u32()
+        data = self.data
+        pos = self.pos + (-self.pos % 4)
+        (count,) = _U32.unpack_from(data, pos)
+        pos += 4
         if count:
-            self.align(8)
-        end = self.pos + 8 * count
-        if end > len(self.data):
+            pos += -pos % 8
+        end = pos + 8 * count
+        if end > len(data):
             raise _Truncated
-        values = np.frombuffer(self.data, dtype="<f8", count=count, offset=self.pos)
         self.pos = end
-        return values
+        return np.frombuffer(data, dtype="<f8", count=count, offset=pos)
 
 
 def _joint_state(p: _Payload) -> SimpleNamespace:
@@ -123,8 +118,6 @@ def _joint_trajectory(p: _Payload) -> SimpleNamespace:
         positions, velocities = p.float64s(), p.float64s()
         accelerations, effort = p.float64s(), p.float64s()
         p.align(4)
-        if p.pos + 8 > len(p.data):
-            raise _Truncated
         sec, nanosec = _STAMP.unpack_from(p.data, p.pos)
         p.pos += 8
         points.append(SimpleNamespace(
@@ -139,8 +132,6 @@ def _pose_array(p: _Payload) -> SimpleNamespace:
     poses = []
     for _ in range(p.u32()):
         p.align(8)
-        if p.pos + 56 > len(p.data):
-            raise _Truncated
         x, y, z, qx, qy, qz, qw = _F64x7.unpack_from(p.data, p.pos)
         p.pos += 56
         poses.append(SimpleNamespace(

@@ -56,6 +56,7 @@ log = logging.getLogger("grrl.learner.episodes")
 
 # grrl_msgs/msg/EpisodeEvent types
 EVENT_START, EVENT_RETRY_KEYFRAME, EVENT_END, EVENT_ABORT = 0, 1, 2, 3
+_BOUNDARY = (EVENT_START, EVENT_END, EVENT_ABORT)
 
 POSE_SIZE = 7  # x, y, z, qw, qx, qy, qz (the sim's object_poses() layout)
 DEFAULT_MAX_IMAGE_AGE_S = 0.5
@@ -297,13 +298,13 @@ class EpisodeAssembler:
         if self._before_start(stamp):
             return
         position = self._joint_vector(msg.name, msg.position)
-        if position is None or not np.all(np.isfinite(position)):
+        if position is None or not np.isfinite(position).all():
             self.count_drop(JOINT_STATES, "wrong names/length or non-finite position")
             return
         velocity = np.zeros_like(position)
         if len(msg.velocity):
             v = self._joint_vector(msg.name, msg.velocity)
-            if v is None or not np.all(np.isfinite(v)):
+            if v is None or not np.isfinite(v).all():
                 self.count_drop(JOINT_STATES, "wrong length or non-finite velocity")
                 return
             velocity = v
@@ -320,7 +321,7 @@ class EpisodeAssembler:
             return
         # the first point is the target for now; later points (if any) are the future
         command = self._joint_vector(msg.joint_names, msg.points[0].positions)
-        if command is None or not np.all(np.isfinite(command)):
+        if command is None or not np.isfinite(command).all():
             self.count_drop(JOINT_COMMAND, "wrong names/length or non-finite position")
             return
         self._cmd_stamps.append(stamp)
@@ -337,7 +338,7 @@ class EpisodeAssembler:
         ]  # fmt: skip
         vector = np.asarray(rows, dtype=np.float64).reshape(-1)
         expected = self._poses[0].shape if self._poses else None
-        if not rows or not np.all(np.isfinite(vector)) or expected not in (None, vector.shape):
+        if not rows or not np.isfinite(vector).all() or expected not in (None, vector.shape):
             self.count_drop(OBJECT_POSES, "empty, non-finite or changed number of poses")
             return
         self._pose_stamps.append(stamp)
@@ -553,6 +554,8 @@ class StampOrderedFeed:
         self._heap: list[tuple[int, int, int, float, str, Any]] = []
         self._seq = itertools.count()
         self._newest = 0  # the newest header stamp pushed so far
+        self._between_episodes = True  # no START yet, or an END/ABORT since the last one
+        self._held: list[tuple[float, str, Any]] = []  # unstamped, waiting for the next START
 
     def push(self, topic: str, msg: Any, arrival_s: float) -> None:
         """Queue one message (``arrival_s``: when it arrived, on a monotonic clock)."""
@@ -560,7 +563,13 @@ class StampOrderedFeed:
         with self._lock:
             if stamp is None or stamp == 0:
                 # unstamped (instruction, ground truth): it goes where it arrived, after what
-                # came before it — ordered at the newest stamp seen, behind events at that stamp
+                # came before it — ordered at the newest stamp seen, behind events at that
+                # stamp; between episodes (after an END, before the next START) it is held for
+                # the next START: it was sent for that episode, whose START may carry a later
+                # stamp than anything seen yet (a bag of that episode holds it after START)
+                if self._between_episodes:
+                    self._held.append((arrival_s, topic, msg))
+                    return
                 stamp, rank = self._newest, 2
             else:
                 # data before an event of the same stamp: an episode's last state is the one
@@ -568,11 +577,21 @@ class StampOrderedFeed:
                 rank = 1 if topic == EPISODE_EVENT else 0
                 self._newest = max(self._newest, stamp)
             heapq.heappush(self._heap, (stamp, rank, next(self._seq), arrival_s, topic, msg))
+            if topic == EPISODE_EVENT and getattr(msg, "type", None) in _BOUNDARY:
+                self._between_episodes = msg.type != EVENT_START
+                if not self._between_episodes:
+                    for held in self._held:  # right behind this START
+                        heapq.heappush(self._heap, (stamp, 2, next(self._seq), *held))
+                    self._held.clear()
 
     def flush(self, now_s: float | None = None) -> None:
         """Feed every message held for ``window_s`` (all of them with ``now_s=None``)."""
         finished: list[Episode] = []
         with self._lock:
+            if now_s is None:  # the stream ended: nothing held waits for a START any longer
+                for held in self._held:
+                    heapq.heappush(self._heap, (self._newest, 2, next(self._seq), *held))
+                self._held.clear()
             while self._heap and (now_s is None or now_s - self._oldest_arrival() >= self.window_s):
                 stamp, _, _, _, topic, msg = heapq.heappop(self._heap)
                 self._feed(topic, stamp, msg, finished)

@@ -158,8 +158,10 @@ def test_crash_cut_bag_reads_incomplete(noisy_dataset, noisy_episodes, tmp_path,
     meta_path = bag / "metadata.yaml"
     meta = yaml.safe_load(meta_path.read_text())
     info = meta["rosbag2_bagfile_information"]
-    assert len(info["files"]) >= 3
-    for _ in range(2):  # the last two segments (the last may hold little more than END)
+    # the noisy operator's first episode runs ~10–20 s (it may succeed or time out): 2–4
+    # segments of 5 s; drop the last two (the last may hold little more than END), or one of two
+    assert len(info["files"]) >= 2
+    for _ in range(2 if len(info["files"]) >= 3 else 1):
         (bag / info["files"].pop()["path"]).unlink()
         info["relative_file_paths"].pop()
     meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))

@@ -215,7 +215,9 @@ class SimNode(Node):
         """On the stepping thread, with the lock held."""
         if self._episode_active and self.task.step_count > 0:
             self._publish_event(EpisodeEvent.ABORT, note="reset during the episode")
-        self._clock_offset += self.task.data.time
+        # a reset takes one control period of sim time: everything of the new scene is stamped
+        # strictly after the old episode's END (the stamp-ordered episode readers rely on it)
+        self._clock_offset += self.task.data.time + 1.0 / self.robot.control_rate_hz
         self.task.reset(seed)
         self._target = self.task.home.copy()
         self._reset_time = self.sim_time()

@@ -22,6 +22,7 @@ import numpy as np
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.time import Time
 from rclpy.utilities import ok as rclpy_ok
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
@@ -68,6 +69,7 @@ class TeleopNode(Node):
         self._gate = CommandGate(self.robot, 1.0 / self.robot.control_rate_hz, p["speed_margin"])
         self._session = Session()
         self._lock = threading.Lock()
+        self._after_end_ns = 0  # stamps of a new episode's messages start after the last END
         self.rejected_commands = 0
         self.done = threading.Event()
         self.exit_code = 0
@@ -302,15 +304,28 @@ class TeleopNode(Node):
             )
             return False
         msg = JointTrajectory(joint_names=self.robot.joint_names)
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self._stamp()
         msg.points = [JointTrajectoryPoint(positions=target.tolist())]
         self._command_pub.publish(msg)
         return True
 
+    def _stamp(self) -> Any:
+        """Now on the node clock, but never at or before the last episode's END: sim time does
+        not always reach this node before the first command after a reset does, and a command
+        stamped with the old episode's END time would sort into that episode."""
+        now = self.get_clock().now().nanoseconds
+        return Time(nanoseconds=max(now, self._after_end_ns)).to_msg()
+
+    def _note_episode_end(self, stamp: Any) -> None:
+        end_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+        self._after_end_ns = max(self._after_end_ns, end_ns + 1)
+
     def _publish_event(self, kind: int, success: bool = False, note: str = "") -> None:
         event = EpisodeEvent(type=kind, episode_id=self._session.episode_id, success=success,
                              source="teleop", note=note)  # fmt: skip
-        event.header.stamp = self.get_clock().now().to_msg()
+        event.header.stamp = self._stamp()
+        if kind in (EpisodeEvent.END, EpisodeEvent.ABORT):
+            self._note_episode_end(event.header.stamp)
         self._event_pub.publish(event)
 
     def _start_episode(self, episode_id: str) -> str:
@@ -321,6 +336,9 @@ class TeleopNode(Node):
 
     def _on_event(self, event: EpisodeEvent) -> None:
         """The sim (or a success detector) ended the episode: close the session."""
+        if event.type in (EpisodeEvent.END, EpisodeEvent.ABORT):
+            with self._lock:
+                self._note_episode_end(event.header.stamp)
         if event.source == "teleop" or event.type not in (EpisodeEvent.END, EpisodeEvent.ABORT):
             return
         with self._lock:
