@@ -78,6 +78,8 @@ def test_sim_node_obeys_commands_rejects_bad_ones_and_aborts_on_reset(
     assert spin_until(executor, lambda: abs(waist_now() - (start + 0.3)) < 0.02, 10)
 
     # reset mid-episode: ABORT event, then the robot is back home with the new seed
+    before_reset = states[-1].header.stamp  # nonzero: 0 would read as "unstamped"
+    assert before_reset.sec or before_reset.nanosec
     client = node.create_client(ResetEpisode, contract.RESET_EPISODE_SERVICE)
     assert spin_until(executor, client.service_is_ready, 30)
     future = client.call_async(ResetEpisode.Request(seed=123))
@@ -90,7 +92,7 @@ def test_sim_node_obeys_commands_rejects_bad_ones_and_aborts_on_reset(
     # home; one stamped now (sim time, like the joint states) is obeyed
     home = robot.sim["home"][0]
     stale = _command(["left_waist"], [home + 0.3])
-    stale.header.stamp = states[0].header.stamp
+    stale.header.stamp = before_reset
     command_pub.publish(stale)
     count = len(states)
     spin_until(executor, lambda: len(states) > count + 25, 10)

@@ -217,7 +217,8 @@ class SimNode(Node):
             self._publish_event(EpisodeEvent.ABORT, note="reset during the episode")
         # a reset takes one control period of sim time: everything of the new scene is stamped
         # strictly after the old episode's END (the stamp-ordered episode readers rely on it)
-        self._clock_offset += self.task.data.time + 1.0 / self.robot.control_rate_hz
+        passed = 1.0 / self.robot.control_rate_hz if self._episode_counter else 0.0
+        self._clock_offset += self.task.data.time + passed
         self.task.reset(seed)
         self._target = self.task.home.copy()
         self._reset_time = self.sim_time()
