@@ -50,6 +50,7 @@ from grrl_common.contract import (  # topic names (no rclpy import: this core is
 )
 from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
+from grrl_common.stamps import stamp_ns
 from grrl_learner.cdr import FastDecoder
 
 log = logging.getLogger("grrl.learner.episodes")
@@ -133,8 +134,7 @@ class Episode:
 
 # --- message helpers (rosbags dataclasses and rclpy messages alike) ------------------------
 def _stamp_ns(msg: Any) -> int:
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return stamp_ns(msg.header.stamp)
 
 
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
@@ -526,7 +526,7 @@ def header_stamp_ns(msg: Any) -> int | None:
     header = getattr(msg, "header", None)
     if header is None:
         return None
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    return stamp_ns(header.stamp)
 
 
 class StampOrderedFeed:

@@ -29,6 +29,7 @@ from grrl_common.contract import CONTRACT_TOPICS, QosKind, import_interface, qos
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
+from grrl_common.stamps import stamp_seconds
 from grrl_learner.episodes import Episode, EpisodeAssembler, StampOrderedFeed
 from grrl_learner.replay import REPLAY_QOS
 
@@ -182,7 +183,7 @@ class LearnerNode(Node):
         )
 
         def on_chunk(msg: ActionChunk) -> None:
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            stamp = stamp_seconds(msg.header.stamp)
             noise = np.asarray(msg.noise, np.float32).reshape(int(msg.horizon), -1)
             with chunk_lock:
                 chunks.append(ExecutedChunk(stamp, noise, int(msg.policy_version)))

@@ -413,8 +413,7 @@ class OnlineLearner:
         if not uses_noise_predictor(self.policy):
             # from an offline policy: a zero mean shift, so version 1 starts as the offline
             # policy (ε ~ N(0, I)) whatever the head held (BC does not train it)
-            nn.init.zeros_(self.predictor[-1].weight)
-            nn.init.zeros_(self.predictor[-1].bias)
+            self.model.zero_noise_shift()
         self.predictor.requires_grad_(True)
         self.chunk_shape = self.model.chunk_shape
         k, n = self.chunk_shape

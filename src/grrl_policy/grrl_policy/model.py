@@ -207,8 +207,7 @@ class FlowMatchingPolicy(nn.Module):
             nn.Linear(cfg.noise_hidden, cfg.noise_hidden), nn.SiLU(),
             nn.Linear(cfg.noise_hidden, flat),
         )  # fmt: skip
-        nn.init.zeros_(self.noise_predictor[-1].weight)
-        nn.init.zeros_(self.noise_predictor[-1].bias)
+        self.zero_noise_shift()
 
     @property
     def chunk_shape(self) -> tuple[int, int]:
@@ -354,6 +353,11 @@ class FlowMatchingPolicy(nn.Module):
         if not outer_grad:
             velocity = velocity.detach()  # free the graph built only for the VJP
         return velocity + guidance_weight(tau_value, max_guidance) * correction
+
+    def zero_noise_shift(self) -> None:
+        """Make the noise predictor output 0: ε ~ N(0, I), exactly the offline policy."""
+        nn.init.zeros_(self.noise_predictor[-1].weight)
+        nn.init.zeros_(self.noise_predictor[-1].bias)
 
     def predict_noise(self, ctx: EncoderOutput) -> torch.Tensor:
         """The noise predictor's mean ε for these observations, shaped like a chunk."""

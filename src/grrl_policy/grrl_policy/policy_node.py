@@ -34,16 +34,13 @@ from grrl_common.image_codec import ImageCodecError, image_to_numpy
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main, shorten_gil_switch_interval
+from grrl_common.stamps import stamp_seconds
 from grrl_msgs.msg import ActionChunk, EpisodeEvent, PolicyUpdate, Progress
 from grrl_policy.checkpoint import load_policy
 from grrl_policy.inference import GeneratedChunk, PolicyRunner, UpdateOutcome
 from grrl_policy.marker_msgs import to_marker_array
 from grrl_policy.observation import ObservationAssembler
 from grrl_policy.visualization import chunk_markers
-
-
-def _seconds(stamp: Any) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class PolicyNode(Node):
@@ -207,7 +204,7 @@ class PolicyNode(Node):
 
     def _on_joints(self, msg: JointState) -> None:
         reason = self.assembler.set_joints(
-            list(msg.name), list(msg.position), _seconds(msg.header.stamp)
+            list(msg.name), list(msg.position), stamp_seconds(msg.header.stamp)
         )
         if reason:
             self._refuse(contract.JOINT_STATES, reason)
@@ -220,7 +217,7 @@ class PolicyNode(Node):
              q.orientation.w, q.orientation.x, q.orientation.y, q.orientation.z)
             for q in msg.poses
         ]  # fmt: skip
-        reason = self.assembler.set_object_poses(np.asarray(rows), _seconds(msg.header.stamp))
+        reason = self.assembler.set_object_poses(np.asarray(rows), stamp_seconds(msg.header.stamp))
         if reason:
             self._refuse(contract.OBJECT_POSES, reason)
 
@@ -236,7 +233,7 @@ class PolicyNode(Node):
             return self._refuse(topic, str(exc))
         if msg.encoding == "bgr8":
             image = image[..., ::-1]
-        reason = self.assembler.set_image(camera, image, _seconds(msg.header.stamp))
+        reason = self.assembler.set_image(camera, image, stamp_seconds(msg.header.stamp))
         if reason:
             self._refuse(topic, reason)
 

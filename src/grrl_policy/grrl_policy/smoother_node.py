@@ -32,12 +32,9 @@ from grrl_common.diagnostics import DIAGNOSTICS_TOPIC, ERROR, OK, WARN, diagnost
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main, shorten_gil_switch_interval
+from grrl_common.stamps import stamp_seconds
 from grrl_msgs.msg import ActionChunk, EpisodeEvent
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig, SmootherInputError
-
-
-def _seconds(stamp: Any) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class SmootherNode(Node):
@@ -169,7 +166,7 @@ class SmootherNode(Node):
         actions = np.empty((k, self.robot.n_joints))
         actions[:, columns] = np.asarray(msg.actions, dtype=np.float64).reshape(k, n)
         try:
-            self.smoother.add_chunk(actions, start_time=_seconds(msg.header.stamp), dt=msg.dt)
+            self.smoother.add_chunk(actions, start_time=stamp_seconds(msg.header.stamp), dt=msg.dt)
         except SmootherInputError as exc:
             return self._refuse(msg.chunk_id, str(exc))
         self.chunks_accepted += 1

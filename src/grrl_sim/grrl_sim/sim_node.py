@@ -33,6 +33,7 @@ from grrl_common.image_codec import numpy_to_image
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
+from grrl_common.stamps import stamp_seconds
 from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import ResetEpisode
 from grrl_sim.async_render import AsyncRenderer
@@ -172,7 +173,7 @@ class SimNode(Node):
         if len(msg.points) != 1:
             return self._reject(f"expected one trajectory point, got {len(msg.points)}")
         point = msg.points[0]
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = stamp_seconds(msg.header.stamp)
         with self._lock:
             if 0.0 < stamp < self._reset_time - 1e-6:  # unstamped commands are not judged
                 self.stale_commands += 1

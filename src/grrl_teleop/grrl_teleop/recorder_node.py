@@ -26,6 +26,7 @@ from grrl_common.contract import CONTRACT_TOPICS, QosKind, TopicSpec, import_int
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
+from grrl_common.stamps import stamp_ns
 from grrl_msgs.msg import EpisodeEvent
 from grrl_teleop.recording import DatasetIndex, EpisodeBagWriter, EpisodeRecord, make_typestore
 
@@ -117,7 +118,7 @@ class RecorderNode(Node):
                 self._bag.write(topic, now_ns, data)
 
     def _on_event(self, event: EpisodeEvent, data: bytes, now_ns: int) -> None:
-        stamp_ns = event.header.stamp.sec * 10**9 + event.header.stamp.nanosec
+        event_ns = stamp_ns(event.header.stamp)
         with self._lock:
             if event.type == EpisodeEvent.START:
                 if self._bag is not None and self._record.episode_id == event.episode_id:
@@ -129,7 +130,7 @@ class RecorderNode(Node):
                 return
             self._bag.write(contract.EPISODE_EVENT, now_ns, data)
             if event.type == EpisodeEvent.RETRY_KEYFRAME:
-                self._record.retry_keyframes_ns.append(stamp_ns)
+                self._record.retry_keyframes_ns.append(event_ns)
             elif event.type == EpisodeEvent.END:
                 self._record.success = bool(event.success)
                 self._close(aborted=False, note=event.note)

@@ -34,6 +34,7 @@ from grrl_common.contract import QosKind, qos_profile
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
+from grrl_common.stamps import stamp_ns
 from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import EndEpisode, ResetEpisode, StartEpisode
 from grrl_teleop.session import Session, SessionError
@@ -317,8 +318,7 @@ class TeleopNode(Node):
         return Time(nanoseconds=max(now, self._after_end_ns)).to_msg()
 
     def _note_episode_end(self, stamp: Any) -> None:
-        end_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
-        self._after_end_ns = max(self._after_end_ns, end_ns + 1)
+        self._after_end_ns = max(self._after_end_ns, stamp_ns(stamp) + 1)
 
     def _publish_event(self, kind: int, success: bool = False, note: str = "") -> None:
         event = EpisodeEvent(type=kind, episode_id=self._session.episode_id, success=success,
