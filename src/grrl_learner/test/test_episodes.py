@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -197,6 +198,26 @@ def _one_line(error: pytest.ExceptionInfo, *names: str) -> None:
     assert "\n" not in message
     for name in names:
         assert str(name) in message
+
+
+def test_reading_restores_the_cycle_collector(noisy_dataset, tmp_path, robot):
+    """The read pauses the cycle collector for speed and always restores the caller's setting."""
+    bag = tmp_path / "corrupt"
+    shutil.copytree(noisy_dataset / "episode_00001", bag)
+    with open(sorted(bag.glob("*.mcap"))[0], "r+b") as handle:
+        handle.write(b"\x00garbage" * 8)
+    assert gc.isenabled()
+    assert len(read_episode(noisy_dataset / "episode_00001", robot)) > 0
+    assert gc.isenabled()
+    with pytest.raises(EpisodeError):
+        read_episode(bag, robot)
+    assert gc.isenabled()
+    gc.disable()  # a caller that runs without it keeps it off
+    try:
+        read_episode(noisy_dataset / "episode_00001", robot)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_damaged_bags_and_datasets_raise_one_line(noisy_dataset, tmp_path, robot):

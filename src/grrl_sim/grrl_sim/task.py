@@ -30,7 +30,10 @@ class TaskConfig:
     camera_rate_hz: float = 10.0  # pixels mode: frames are re-rendered at this rate
     insert_depth: float = 0.02  # m past the socket mouth for success
     aligned_tolerance: float = 0.005  # m lateral error of the peg tip to the socket axis
-    success_hold_steps: int = 5  # inserted for this many consecutive steps = success
+    # inserted for this many consecutive steps = success. Half a second, not a blink: a demo
+    # ends at success, so a short hold would end every demo the instant the peg crosses
+    # insert_depth, and a policy cloned from them learns to stop right at that edge.
+    success_hold_steps: int = 25
     spawn_x: tuple[float, float] = (0.10, 0.20)  # |x| of object centres, on their arm's side
     spawn_y: tuple[float, float] = (0.42, 0.58)
     spawn_yaw_deg: float = 10.0
