@@ -35,6 +35,9 @@ class ArmSpec:
     name: str
     joints: tuple[str, ...]
     gripper: str
+    # the arm's base frame in the world: end-effector poses are given in it
+    base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    base_orientation: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)  # w, x, y, z
 
     @property
     def all_joints(self) -> tuple[str, ...]:
@@ -59,6 +62,8 @@ class RobotDescription:
     camera_mirror: dict[str, str]  # both directions
     instruction_word_pairs: tuple[tuple[str, str], ...]
     mirror_world_axis: str
+    # the end effector's own symmetry axis: a mirrored gripper is this axis reflected too
+    mirror_ee_axis: str = "y"
     sim: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
@@ -106,6 +111,39 @@ def _limit_key(joint: str, limits: dict[str, Any], arm_names: list[str]) -> str:
     raise RobotDescriptionError(f"joint_limits: no entry for joint {joint!r}")
 
 
+def _axis(value: Any, where: str) -> str:
+    if value not in ("x", "y", "z"):
+        raise RobotDescriptionError(f"{where} must be x, y or z, got {value!r}")
+    return str(value)
+
+
+def _base_pose(raw: Any, where: str) -> dict[str, tuple[float, ...]]:
+    """``{position: [x, y, z], orientation: [w, x, y, z]}`` (both optional) → ArmSpec fields."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RobotDescriptionError(f"{where} must map position and orientation")
+    out: dict[str, tuple[float, ...]] = {}
+    for key, size in (("position", 3), ("orientation", 4)):
+        if key not in raw:
+            continue
+        try:
+            value = np.asarray(raw[key], dtype=float)
+        except (TypeError, ValueError):
+            value = np.zeros(0)
+        if value.shape != (size,) or not np.all(np.isfinite(value)):
+            raise RobotDescriptionError(f"{where}.{key} must be {size} finite numbers")
+        if key == "orientation":
+            norm = float(np.linalg.norm(value))
+            if abs(norm - 1.0) > 1e-3:
+                raise RobotDescriptionError(
+                    f"{where}.orientation must be a unit quaternion (w, x, y, z)"
+                )
+            value = value / norm
+        out[f"base_{key}"] = tuple(float(v) for v in value)
+    return out
+
+
 def parse_robot_description(document: dict[str, Any], source: str = "<dict>") -> RobotDescription:
     """Validate a robot description mapping; raises RobotDescriptionError naming the problem."""
     where = source
@@ -117,6 +155,7 @@ def parse_robot_description(document: dict[str, Any], source: str = "<dict>") ->
             name=arm,
             joints=tuple(_need(raw, "joints", f"{where}: arms.{arm}")),
             gripper=str(_need(raw, "gripper", f"{where}: arms.{arm}")),
+            **_base_pose(raw.get("base"), f"{where}: arms.{arm}.base"),
         )
         for arm, raw in arms_raw.items()
     )
@@ -183,7 +222,8 @@ def parse_robot_description(document: dict[str, Any], source: str = "<dict>") ->
         mirror_sign=sign,
         camera_mirror=camera_mirror,
         instruction_word_pairs=words,
-        mirror_world_axis=str(mirror.get("world_axis", "x")),
+        mirror_world_axis=_axis(mirror.get("world_axis", "x"), f"{where}: mirror.world_axis"),
+        mirror_ee_axis=_axis(mirror.get("ee_axis", "y"), f"{where}: mirror.ee_axis"),
         sim=dict(document.get("sim") or {}),
         source=source,
     )

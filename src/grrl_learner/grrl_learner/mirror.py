@@ -2,8 +2,10 @@
 
 GR-RL's morphological symmetry: flip every image horizontally, swap the left and right wrist
 cameras, mirror joint states and actions with the robot description's signed permutation, mirror
-object poses in the world frame (the robot YAML's ``world_axis``), and swap spatial words in the
-instruction ("left" ↔ "right", "clockwise" ↔ "counterclockwise", 左 ↔ 右).
+object poses in the world frame (the robot YAML's ``world_axis``), mirror end-effector poses
+through the world and back into each arm's base frame (:func:`mirror_ee_poses`, for
+end-effector action spaces), and swap spatial words in the instruction ("left" ↔ "right",
+"clockwise" ↔ "counterclockwise", 左 ↔ 右).
 
 Samples are normalised, so the transform denormalises, mirrors and normalises again with the
 same statistics (compute them over original and mirrored data: :func:`mirror_state_vector`).
@@ -38,6 +40,52 @@ def mirror_poses(poses: np.ndarray, axis: str = "x") -> np.ndarray:
     for other in {0, 1, 2} - {a}:
         shaped[..., 4 + other] *= -1.0
     return shaped.reshape(p.shape).astype(np.asarray(poses).dtype)
+
+
+def mirror_partner_arms(robot: RobotDescription) -> list[int]:
+    """For each arm (robot order), the index of the arm its mirror image is (from the joint map)."""
+    starts = [robot.arm_slice(arm.name).start for arm in robot.arms]
+    partner = []
+    for start in starts:
+        image = int(robot.mirror_index[start])
+        partner.append(max(i for i, s in enumerate(starts) if s <= image))
+    return partner
+
+
+def mirror_ee_poses(poses: np.ndarray, robot: RobotDescription) -> np.ndarray:
+    """Mirror end-effector poses (..., arms·7: x, y, z, qw, qx, qy, qz, each in its arm's base
+    frame, arms in robot order) into the poses the mirrored arms must take.
+
+    Each pose goes to the world (the YAML's ``arms.*.base``), through the world mirror plane
+    (``mirror.world_axis``), and back into the base frame of the arm that plays it in the mirror
+    image. A reflection is not a rotation: the orientation becomes M·R·E, with M the world
+    reflection and E the reflection of the gripper's own symmetry axis (``mirror.ee_axis``),
+    so that the mirrored gripper is again a right-handed frame.
+    """
+    from scipy.spatial.transform import Rotation
+
+    p = np.asarray(poses, dtype=np.float64)
+    arms = len(robot.arms)
+    if p.shape[-1] != arms * POSE_SIZE:
+        raise ValueError(f"expected (..., {arms * POSE_SIZE}) end-effector poses, got {p.shape}")
+    shaped = p.reshape(-1, arms, POSE_SIZE)
+    world_m = np.diag([-1.0 if a == _AXES[robot.mirror_world_axis] else 1.0 for a in range(3)])
+    ee_m = np.diag([-1.0 if a == _AXES[robot.mirror_ee_axis] else 1.0 for a in range(3)])
+    bases = [(np.asarray(arm.base_position), Rotation.from_quat(arm.base_orientation,
+              scalar_first=True).as_matrix()) for arm in robot.arms]  # fmt: skip
+    out = np.empty_like(shaped)
+    for source, target in enumerate(mirror_partner_arms(robot)):
+        (t_src, r_src), (t_dst, r_dst) = bases[source], bases[target]
+        rot = Rotation.from_quat(shaped[:, source, 3:], scalar_first=True).as_matrix()
+        world_pos = shaped[:, source, :3] @ r_src.T + t_src
+        world_rot = r_src @ rot
+        mirrored_pos = world_pos @ world_m  # M is diagonal: row vectors times M = M·p
+        mirrored_rot = world_m @ world_rot @ ee_m
+        out[:, target, :3] = (mirrored_pos - t_dst) @ r_dst  # R_dst^T (p − t), as row vectors
+        quat = Rotation.from_matrix(r_dst.T @ mirrored_rot).as_quat(scalar_first=True)
+        # keep the input's hemisphere convention (w ≥ 0), so mirror∘mirror is the identity
+        out[:, target, 3:] = quat * np.where(quat[:, :1] < 0, -1.0, 1.0)
+    return out.reshape(p.shape)
 
 
 def mirror_instruction(text: str, pairs: tuple[tuple[str, str], ...]) -> str:

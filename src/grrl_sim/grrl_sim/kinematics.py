@@ -77,6 +77,13 @@ class GripperKinematics:
         A single vector (n,) is taken as T = 1. Positions are clipped to the joint limits first,
         as the robot (and the sim) clip commands, so the path shows where the gripper would go.
         """
+        return {arm: pos for arm, (pos, _) in self.gripper_poses(joints).items()}
+
+    def gripper_poses(self, joints: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """World positions (T, 3) and rotation matrices (T, 3, 3) of each arm's gripper site.
+
+        The same clipping and shapes as :meth:`gripper_positions`.
+        """
         q = np.atleast_2d(np.asarray(joints, dtype=float))
         n = self.robot.n_joints
         if q.ndim != 2 or q.shape[1] != n:
@@ -84,10 +91,12 @@ class GripperKinematics:
         if not np.all(np.isfinite(q)):
             raise ValueError("joints must be finite")
         q = np.clip(q, self.robot.lower, self.robot.upper)[:, self._all_columns]
-        out = np.empty((len(self._sites), q.shape[0], 3))
-        qpos, xpos = self.data.qpos, self.data.site_xpos
+        pos = np.empty((len(self._sites), q.shape[0], 3))
+        rot = np.empty((len(self._sites), q.shape[0], 3, 3))
+        qpos, xpos, xmat = self.data.qpos, self.data.site_xpos, self.data.site_xmat
         for t in range(q.shape[0]):
             qpos[self._all_qpos] = q[t]
             mujoco.mj_kinematics(self.model, self.data)
-            out[:, t] = xpos[self._site_ids]
-        return {arm: out[i] for i, arm in enumerate(self.arms)}
+            pos[:, t] = xpos[self._site_ids]
+            rot[:, t] = xmat[self._site_ids].reshape(-1, 3, 3)
+        return {arm: (pos[i], rot[i]) for i, arm in enumerate(self.arms)}
