@@ -83,7 +83,7 @@ def mirror_ee_poses(poses: np.ndarray, robot: RobotDescription) -> np.ndarray:
         mirrored_rot = world_m @ world_rot @ ee_m
         out[:, target, :3] = (mirrored_pos - t_dst) @ r_dst  # R_dst^T (p − t), as row vectors
         quat = Rotation.from_matrix(r_dst.T @ mirrored_rot).as_quat(scalar_first=True)
-        # keep the input's hemisphere convention (w ≥ 0), so mirror∘mirror is the identity
+        # the w ≥ 0 hemisphere: mirror∘mirror gives back poses given in it exactly
         out[:, target, 3:] = quat * np.where(quat[:, :1] < 0, -1.0, 1.0)
     return out.reshape(p.shape)
 
