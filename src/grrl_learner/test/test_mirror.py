@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import yaml
@@ -75,7 +77,7 @@ def test_end_effector_mirror_agrees_with_the_joint_mirror_through_kinematics():
             )
             assert turn.magnitude() < 1e-9
     # the pose alone, without the gripper axis reflection, would be a different (wrong) grip
-    wrong = ROBOT.__class__(**{**ROBOT.__dict__, "mirror_ee_axis": "x"})
+    wrong = dataclasses.replace(ROBOT, mirror_ee_axis="x")
     q = rng.uniform(ROBOT.lower, ROBOT.upper) * 0.6
     bad = mirror_ee_poses(_grip_poses_in_base_frames(fk, q), wrong)
     good = _grip_poses_in_base_frames(fk, ROBOT.mirror_joints(q))
