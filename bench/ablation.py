@@ -16,21 +16,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
+from steps import last_json_line, run_step
+
 HERE = Path(__file__).resolve().parent
-
-
-def last_json_line(argv: list[str]) -> dict:
-    """Run a sibling benchmark (its progress goes to stderr) and parse its one JSON line."""
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"bench/ablation.py: {' '.join(argv)} failed ({result.returncode})")
-    lines = result.stdout.strip().splitlines()
-    sys.stderr.write("\n".join(lines[:-1]) + "\n")
-    return json.loads(lines[-1])
 
 
 def main() -> None:
@@ -44,16 +35,16 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=100)
     args = parser.parse_args()
     work = Path(args.work)
-    offline = last_json_line([
+    offline = last_json_line(run_step([
         sys.executable, str(HERE / "ablation_offline.py"), "--episodes", str(args.episodes),
         "--work", str(work), "--minutes", str(args.minutes), "--steps", str(args.steps),
         "--eval-episodes", str(args.eval_episodes), "--critic-minutes", str(args.critic_minutes),
-    ])  # fmt: skip
-    online = last_json_line([
+    ]))  # fmt: skip
+    online = last_json_line(run_step([
         sys.executable, str(HERE / "online_rl.py"), "--policy", str(work / "policy_mirror"),
         "--episodes", str(args.online_episodes), "--work", str(work / "online_rl"),
         "--eval-episodes", str(args.eval_episodes),
-    ])  # fmt: skip
+    ]))  # fmt: skip
     result: dict = {"bench": "ablation", "demos": args.episodes}
     for stage in ("bc", "filtered", "mirror"):
         result[stage] = {k: offline[stage][k] for k in ("success", "ci", "stages")}

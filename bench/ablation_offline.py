@@ -16,19 +16,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from steps import last_json_line, run_step
+
 HERE = Path(__file__).resolve().parent
-
-
-def run(argv: list[str]) -> str:
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-    sys.stderr.write(result.stdout)
-    if result.returncode != 0:
-        sys.exit(f"bench/ablation_offline.py: {' '.join(argv)} failed ({result.returncode})")
-    return result.stdout
 
 
 def main() -> None:
@@ -47,21 +40,19 @@ def main() -> None:
     data = work / f"noisy{args.episodes}"
     mask = work / "filter_distributional" / "keep_mask.json"
     if not mask.exists():
-        run([sys.executable, str(HERE / "filter.py"), "--episodes", str(args.episodes),
-             "--work", str(work), "--kinds", "distributional",
-             "--minutes", str(args.critic_minutes)])  # fmt: skip
+        run_step([sys.executable, str(HERE / "filter.py"), "--episodes", str(args.episodes),
+                  "--work", str(work), "--kinds", "distributional",
+                  "--minutes", str(args.critic_minutes)])  # fmt: skip
     stages = {"bc": [], "filtered": ["--keep-mask", str(mask)],
               "mirror": ["--keep-mask", str(mask), "--mirror"]}  # fmt: skip
     result: dict = {"bench": "ablation_offline", "demos": args.episodes}
     for name, extra in stages.items():
         ckpt = work / f"policy_{name}"
-        run([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
-             "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--no-progress",
-             *extra])  # fmt: skip
-        summary = json.loads(
-            run([grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)])
-            .strip()
-            .splitlines()[-1]
+        run_step([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
+                  "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--no-progress",
+                  *extra])  # fmt: skip
+        summary = last_json_line(
+            run_step([grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)])
         )
         meta = json.loads((ckpt / "config.json").read_text())["meta"]
         result[name] = {"success": summary["success"], "ci": summary["ci"],

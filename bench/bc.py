@@ -17,17 +17,11 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def run(argv: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"bench/bc.py: {' '.join(argv)} failed with status {result.returncode}")
-    return result
+from steps import last_json_line, run_step
 
 
 def main() -> None:
@@ -49,18 +43,22 @@ def main() -> None:
     collect_minutes = 0.0
     if not (data / "index.json").exists():
         started = time.monotonic()
-        run([grrl, "collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
-             "--operator", args.operator, "--seed", "0", "--out", str(data)])  # fmt: skip
+        run_step([grrl, "collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
+                  "--operator", args.operator, "--seed", "0", "--out", str(data)],
+                 echo=False)  # fmt: skip
         collect_minutes = (time.monotonic() - started) / 60
     ckpt = work / f"policy_{args.operator}{args.episodes}"
     started = time.monotonic()
-    run([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
-         "--steps", str(args.steps), "--max-minutes", str(args.minutes),
-         *args.train_args.split()])  # fmt: skip
+    run_step([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
+              "--steps", str(args.steps), "--max-minutes", str(args.minutes),
+              *args.train_args.split()], echo=False)  # fmt: skip
     train_minutes = (time.monotonic() - started) / 60
     started = time.monotonic()
-    result = run([grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)])
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = last_json_line(
+        run_step(
+            [grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)], echo=False
+        )
+    )
     meta = json.loads((ckpt / "config.json").read_text())["meta"]
     print(json.dumps({
         "bench": "bc",

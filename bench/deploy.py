@@ -92,6 +92,7 @@ def graph(policy_dir: str, seconds: float) -> dict[str, float]:
     from grrl_common.contract import qos_profile
     from grrl_common.robot import load_robot_description
     from grrl_common.runtime import ensure_local_dds, spin_until
+    from grrl_common.stamps import stamp_seconds
     from grrl_msgs.msg import ActionChunk
 
     ensure_local_dds()
@@ -122,8 +123,7 @@ def graph(policy_dir: str, seconds: float) -> dict[str, float]:
 
     def on_chunk(msg: ActionChunk) -> None:
         if recording["on"]:
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            chunks.append((time.time() - stamp, msg.inference_ms))
+            chunks.append((time.time() - stamp_seconds(msg.header.stamp), msg.inference_ms))
 
     node.create_subscription(JointTrajectory, contract.JOINT_COMMAND, on_command,
                              qos_profile("command"))  # fmt: skip

@@ -21,22 +21,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from steps import run_step
+
 KINDS = ("distributional", "regression", "scalar_td")
 DELTAS = "0.01,0.02,0.03,0.05,0.08,0.1,0.15,0.2,0.3"
-
-
-def run(argv: list[str]) -> subprocess.CompletedProcess:
-    # children's stdout goes to our stderr: stdout carries only the final JSON line
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-    sys.stderr.write(result.stdout)
-    if result.returncode != 0:
-        sys.exit(f"bench/filter.py: {' '.join(argv)} failed with status {result.returncode}")
-    return result
 
 
 def best_row(sweep: list[dict]) -> dict:
@@ -71,8 +63,8 @@ def main() -> None:
     collect_minutes = 0.0
     if not (data / "index.json").exists():
         started = time.monotonic()
-        run([grrl, "collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
-             "--operator", "noisy", "--seed", "0", "--out", str(data)])  # fmt: skip
+        run_step([grrl, "collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
+                  "--operator", "noisy", "--seed", "0", "--out", str(data)])  # fmt: skip
         collect_minutes = (time.monotonic() - started) / 60
     result: dict = {"bench": "filter", "demos": args.episodes}
     timing: dict[str, float] = {}
@@ -81,14 +73,14 @@ def main() -> None:
     for kind in [k for k in args.kinds.split(",") if k]:
         ckpt = work / f"critic_{kind}_{args.episodes}"
         started = time.monotonic()
-        run([grrl, "train-critic", "--data", str(data), "--out", str(ckpt), "--kind", kind,
-             "--steps", str(args.steps), "--max-minutes", str(args.minutes),
-             *args.train_args.split()])  # fmt: skip
+        run_step([grrl, "train-critic", "--data", str(data), "--out", str(ckpt), "--kind", kind,
+                  "--steps", str(args.steps), "--max-minutes", str(args.minutes),
+                  *args.train_args.split()])  # fmt: skip
         timing[kind] = round((time.monotonic() - started) / 60, 2)
         steps[kind] = json.loads((ckpt / "config.json").read_text())["meta"]["step"]
         report = work / f"filter_{kind}"
-        run([grrl, "filter", "--data", str(data), "--critic", str(ckpt), "--out", str(report),
-             "--sweep", args.deltas, "--no-plots"])  # fmt: skip
+        run_step([grrl, "filter", "--data", str(data), "--critic", str(ckpt), "--out", str(report),
+                  "--sweep", args.deltas, "--no-plots"])  # fmt: skip
         summary = json.loads((report / "summary.json").read_text())
         best = best_row(summary["sweep"])
         result[kind] = {
@@ -103,8 +95,9 @@ def main() -> None:
         if kind == "distributional":
             dropped = r3(best["dropped_fraction"])
             # the report BC would use: keep mask and plots at the chosen δ
-            run([grrl, "filter", "--data", str(data), "--critic", str(ckpt), "--out",
-                 str(report), "--delta", str(best["delta"]), "--sweep", args.deltas])  # fmt: skip
+            run_step([grrl, "filter", "--data", str(data), "--critic", str(ckpt),
+                      "--out", str(report), "--delta", str(best["delta"]),
+                      "--sweep", args.deltas])  # fmt: skip
     result.update({
         "dropped_fraction": dropped,
         "mistakes": summary["mistakes"],

@@ -19,9 +19,10 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
+
+from steps import last_json_line, run_step
 
 
 def main() -> None:
@@ -64,10 +65,7 @@ def main() -> None:
             "--episodes", str(args.episodes), "--threads", str(args.threads),
             *(["--max-steps", str(args.max_steps)] if args.max_steps else []),
             *args.online_args.split()]  # fmt: skip
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # progress: stderr
-    if result.returncode != 0:
-        sys.exit(f"bench/online_rl.py: {' '.join(argv)} failed with status {result.returncode}")
-    online = json.loads(result.stdout.strip().splitlines()[-1])
+    online = last_json_line(run_step(argv, echo=False))  # progress: its stderr
     online_seconds = time.monotonic() - started
 
     if online["checkpoint"]:
