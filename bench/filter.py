@@ -9,6 +9,8 @@ trains under a wall-time budget, then filters the same demos; detection is score
 the operator's ground truth for a sweep of δ, and the δ with the best span-level F1 is
 reported per kind (precision/recall: span level — a mistake is detected if a dropped frame
 overlaps it, a dropped span is right if it overlaps a mistake; frame-level figures too).
+Spans are in transitions (``--truth-from chunk``, the filter's default): a mistake starts at the
+first transition whose k-step action chunk carries its first wrong command.
 ``dropped_fraction`` is the distributional critic's at its best δ; its report directory
 (``--work``/filter_distributional: keep mask, PNGs, index.md) is written with that δ.
 Prints one JSON line.
@@ -28,7 +30,7 @@ from pathlib import Path
 from steps import run_step
 
 KINDS = ("distributional", "regression", "scalar_td")
-DELTAS = "0.01,0.02,0.03,0.05,0.08,0.1,0.15,0.2,0.3"
+DELTAS = "0.01,0.02,0.03,0.05,0.06,0.07,0.08,0.09,0.1,0.12,0.15,0.2,0.3"
 
 
 def best_row(sweep: list[dict]) -> dict:
@@ -53,6 +55,8 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help="critic kinds to compare")
     parser.add_argument("--deltas", default=DELTAS, help="δ values swept (comma-separated)")
     parser.add_argument("--train-args", default="", help="extra train-critic arguments")
+    parser.add_argument("--truth-from", choices=("chunk", "step"), default="chunk",
+                        help="mistake spans in transitions (chunk) or command steps")  # fmt: skip
     args = parser.parse_args()
 
     grrl = shutil.which("grrl")
@@ -66,7 +70,7 @@ def main() -> None:
         run_step([grrl, "collect", "--sim", "--episodes", str(args.episodes), "--obs", "state",
                   "--operator", "noisy", "--seed", "0", "--out", str(data)])  # fmt: skip
         collect_minutes = (time.monotonic() - started) / 60
-    result: dict = {"bench": "filter", "demos": args.episodes}
+    result: dict = {"bench": "filter", "demos": args.episodes, "truth_from": args.truth_from}
     timing: dict[str, float] = {}
     steps: dict[str, int] = {}
     dropped = None
@@ -80,7 +84,8 @@ def main() -> None:
         steps[kind] = json.loads((ckpt / "config.json").read_text())["meta"]["step"]
         report = work / f"filter_{kind}"
         run_step([grrl, "filter", "--data", str(data), "--critic", str(ckpt), "--out", str(report),
-                  "--sweep", args.deltas, "--no-plots"])  # fmt: skip
+                  "--sweep", args.deltas, "--truth-from", args.truth_from,
+                  "--no-plots"])  # fmt: skip
         summary = json.loads((report / "summary.json").read_text())
         best = best_row(summary["sweep"])
         result[kind] = {
@@ -97,7 +102,7 @@ def main() -> None:
             # the report BC would use: keep mask and plots at the chosen δ
             run_step([grrl, "filter", "--data", str(data), "--critic", str(ckpt),
                       "--out", str(report), "--delta", str(best["delta"]),
-                      "--sweep", args.deltas])  # fmt: skip
+                      "--sweep", args.deltas, "--truth-from", args.truth_from])  # fmt: skip
     result.update({
         "dropped_fraction": dropped,
         "mistakes": summary["mistakes"],

@@ -235,6 +235,13 @@ def add_filter(sub: argparse._SubParsersAction) -> None:
         default="end",
         help="a true mistake span ends at the recovery's end or at the retry press",
     )
+    p.add_argument(
+        "--truth-from",
+        choices=["chunk", "step"],
+        default="chunk",
+        help="a true mistake span starts at the first transition whose k-step chunk carries "
+        "the mistake (chunk) or at the mistake's own first step (step)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_filter_cli)  # fmt: skip
@@ -246,7 +253,8 @@ def run_filter_cli(args: argparse.Namespace) -> int:
     cfg = FilterConfig(
         data=args.data, critic=args.critic, out=args.out, delta=args.delta,
         horizon=args.horizon, sweep=args.sweep, drop_failed=args.drop_failed,
-        truth_until=args.truth_until, plots=not args.no_plots, device=args.device,
+        truth_until=args.truth_until, truth_from=args.truth_from, plots=not args.no_plots,
+        device=args.device,
     )  # fmt: skip
     summary = run_filter(cfg)
     print(f"filter: {summary_line(summary)}")

@@ -19,7 +19,11 @@ operator's mistakes, in control steps = episode steps), it scores detection:
 * the fraction of all frames dropped.
 
 A mistake span runs from the mistake's start step to its end step (the recovery brought the
-task back on track), or to the retry press with ``truth_until="retry"``.
+task back on track), or to the retry press with ``truth_until="retry"``. Scoring is in
+transitions, as the filter drops them: transition t is (s_t, a_{t:t+k}), so with
+``truth_from="chunk"`` (the default) a mistake starts k−1 steps before its first wrong command —
+the first transition whose chunk carries it, which behaviour cloning would learn it from.
+``truth_from="step"`` scores against the commands' own steps.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from grrl_learner.episodes import Episode, read_dataset
 DEFAULT_DELTA = 0.05
 KEEP_MASK_NAME = "keep_mask.json"
 TRUTH_UNTIL = ("end", "retry")
+TRUTH_FROM = ("chunk", "step")
 
 Span = tuple[int, int]  # inclusive [first, last] step
 
@@ -97,13 +102,16 @@ def spans(mask: np.ndarray) -> list[Span]:
 
 
 def mistake_spans(
-    ground_truth: dict[str, Any] | None, length: int, until: str = "end"
+    ground_truth: dict[str, Any] | None, length: int, until: str = "end", lead: int = 0
 ) -> list[Span] | None:
     """The operator's mistakes as inclusive step spans clipped to the episode, or None when
     the episode has no ground truth. ``until``: "end" (recovered) or "retry" (retry press);
-    a mistake whose end (or retry) never came runs to the episode's end."""
+    a mistake whose end (or retry) never came runs to the episode's end. ``lead``: steps each
+    span starts early (k−1 scores transitions whose k-step chunk reaches the mistake)."""
     if until not in TRUTH_UNTIL:
         raise ValueError(f"until must be one of {TRUTH_UNTIL}, got {until!r}")
+    if lead < 0:
+        raise ValueError(f"lead must be >= 0, got {lead}")
     if not isinstance(ground_truth, dict) or not isinstance(ground_truth.get("mistakes"), list):
         return None
     out: list[Span] = []
@@ -115,7 +123,7 @@ def mistake_spans(
         if start < 0 or start >= length:
             continue
         stop = length - 1 if stop < 0 else min(stop, length - 1)
-        out.append((start, max(start, stop)))
+        out.append((max(0, start - lead), max(start, stop)))
     return out
 
 
@@ -189,6 +197,7 @@ class FilterConfig:
     sweep: list[float] = field(default_factory=list)  # extra δ values scored in the summary
     drop_failed: bool = False  # also drop every transition of failed episodes
     truth_until: str = "end"
+    truth_from: str = "chunk"  # "chunk": transitions whose chunk reaches a mistake; "step"
     plots: bool = True
     device: str = "cpu"
 
@@ -216,7 +225,10 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
     """Score every complete episode of ``cfg.data``, write the report, return the summary."""
     if cfg.truth_until not in TRUTH_UNTIL:
         raise FilterError(f"truth_until must be one of {TRUTH_UNTIL}")
+    if cfg.truth_from not in TRUTH_FROM:
+        raise FilterError(f"truth_from must be one of {TRUTH_FROM}")
     critic = load_critic(cfg.critic, device=cfg.device)
+    truth_lead = critic.config.chunk - 1 if cfg.truth_from == "chunk" else 0
     horizon = critic.config.chunk if cfg.horizon is None else int(cfg.horizon)
     if horizon < 0:
         raise FilterError(f"--horizon must be >= 0, got {horizon}")
@@ -233,7 +245,7 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
             episode.episode_id, episode.success, rho,
             episode_drop(rho, episode.success, horizon, cfg.delta, cfg.drop_failed),
             list(episode.retry_steps),
-            mistake_spans(episode.ground_truth, len(episode), cfg.truth_until),
+            mistake_spans(episode.ground_truth, len(episode), cfg.truth_until, truth_lead),
         ))  # fmt: skip
     scores = Scores()
     for r in results:
@@ -258,6 +270,8 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
         "delta": cfg.delta,
         "horizon": horizon,
         "truth_until": cfg.truth_until,
+        "truth_from": cfg.truth_from,
+        "truth_lead": truth_lead,
         "drop_failed": cfg.drop_failed,
         "episodes": len(results),
         "keep_mask": str(mask_path),
@@ -336,7 +350,8 @@ def write_index(path: Path, summary: dict[str, Any], results: list[EpisodeResult
     if summary["scored_episodes"]:
         lines += [
             f"## Detection against ground truth ({summary['scored_episodes']} episodes, "
-            f"{summary['mistakes']} mistakes; span = start → {summary['truth_until']})",
+            f"{summary['mistakes']} mistakes; span = start − {summary['truth_lead']} → "
+            f"{summary['truth_until']}, in transitions: truth from {summary['truth_from']})",
             "",
             "| level | precision | recall | F1 |",
             "|---|---|---|---|",

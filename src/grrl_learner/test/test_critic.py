@@ -122,6 +122,13 @@ def test_filter_rule_spans_and_scores_on_a_synthetic_progress():
     assert mistake_spans(None, 9) is None
     assert mistake_spans({"mistakes": [{"start_step": 1, "retry_step": 3, "end_step": 4}]}, 9,
                          until="retry") == [(1, 3)]  # fmt: skip
+    # in transitions of k = 3: the chunks starting at 1 − 2 (clipped to 0) and at 6 reach them
+    assert mistake_spans(
+        {"mistakes": [{"start_step": 1, "retry_step": 3, "end_step": 4},
+                      {"start_step": 8, "retry_step": -1, "end_step": -1}]}, len(rho), lead=2,
+    ) == [(0, 4), (6, 8)]  # fmt: skip
+    with pytest.raises(ValueError):
+        mistake_spans({"mistakes": []}, 9, lead=-1)
     scores = Scores()
     scores.add(drop, truth)
     scores.add(np.array([True, False]), None)  # no ground truth: counts for the drop fraction
@@ -250,6 +257,7 @@ def test_train_critic_filter_and_train_bc_end_to_end(noisy_dataset: Path, tmp_pa
     index = (report / "index.md").read_text()
     summary = json.loads((report / "summary.json").read_text())
     assert summary["scored_episodes"] == len(episodes)  # the sim's ground truth is there
+    assert summary["truth_from"] == "chunk" and summary["truth_lead"] == 4  # k = 5
     assert "## Detection against ground truth" in index and "δ sweep" in index
     assert [row["delta"] for row in summary["sweep"]] == [0.0, 0.5]
     kept = sum(int(m.sum()) for m in masks.values())
