@@ -14,6 +14,7 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from grrl_common.stamps import sec_nanosec
 from grrl_policy.visualization import (
     RGBA,
     BarMarker,
@@ -29,8 +30,8 @@ DEFAULT_LIFETIME_S = 1.0
 
 
 def _duration(seconds: float) -> Duration:
-    nanoseconds = int(round(seconds * 1e9))
-    return Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+    sec, nanosec = sec_nanosec(seconds)
+    return Duration(sec=sec, nanosec=nanosec)
 
 
 def _color(rgba: RGBA) -> ColorRGBA:

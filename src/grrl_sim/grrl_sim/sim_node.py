@@ -33,7 +33,7 @@ from grrl_common.image_codec import numpy_to_image
 from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
-from grrl_common.stamps import stamp_seconds
+from grrl_common.stamps import sec_nanosec, stamp_seconds
 from grrl_msgs.msg import EpisodeEvent
 from grrl_msgs.srv import ResetEpisode
 from grrl_sim.async_render import AsyncRenderer
@@ -50,9 +50,7 @@ def _pose(row: np.ndarray) -> Pose:
 
 
 def _stamp(seconds: float) -> Time:
-    # round the whole value once: rounding only the fraction can give 10⁹ ns, and wrapping that
-    # to 0 without a carry would stamp a message a second early
-    sec, nanosec = divmod(round(seconds * 1e9), 1_000_000_000)
+    sec, nanosec = sec_nanosec(seconds)
     return Time(sec=sec, nanosec=nanosec)
 
 
