@@ -5,10 +5,11 @@
 - ``policy_ms_p50/p99``: bare ``LoadedPolicy.act`` latency, one observation, one thread (as
   ``policy_node`` runs it by default), in this process.
 - ``qp_ms_p50/p99``: the smoother's plan-QP solve per arriving chunk, in sim-core episodes of the
-  policy (``grrl_learner.evaluation``: the deployment smoother, ensembling, a chunk / 5 steps).
+  policy (``grrl_learner.evaluation``: the deployment smoother, ensembling, a chunk per step).
 - ``jitter_ms_p99``: |command period − 10 ms| at 100 Hz, p99, of ``smoother_node``'s publishes
   (own process, ``control_rate_hz:=100``; from its /diagnostics) while ``policy_node`` (own
-  process) generates a chunk every 50 ms from the joint states and object poses this process
+  process) generates a chunk every ``--chunk-period-s`` (default 20 ms, as
+  ``config/policy.yaml``) from the joint states and object poses this process
   publishes at 100 Hz: inference loads the CPU meanwhile. ``jitter_received_ms_p99``: the same
   as received here over DDS (this Python subscriber's scheduling included).
 - ``dds_overhead_ratio``: observation→chunk latency through the graph (the chunk's stamp is
@@ -77,7 +78,7 @@ def sim_core(policy_dir: str, episodes: int, latency: int) -> dict[str, float | 
     return figures
 
 
-def graph(policy_dir: str, seconds: float) -> dict[str, float]:
+def graph(policy_dir: str, seconds: float, chunk_period_s: float) -> dict[str, float]:
     """policy_node + smoother_node as their own processes; this process is the robot."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -100,7 +101,7 @@ def graph(policy_dir: str, seconds: float) -> dict[str, float]:
     lib = root / "install" / "grrl_policy" / "lib" / "grrl_policy"
     procs = [
         subprocess.Popen([str(lib / "policy_node"), "--ros-args", "-p", f"policy:={policy_dir}",
-                          "-p", "chunk_period_s:=0.05", "-p", "markers:=false",
+                          "-p", f"chunk_period_s:={chunk_period_s}", "-p", "markers:=false",
                           "-p", "torch_threads:=1"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen([str(lib / "smoother_node"), "--ros-args", "-p", "control_rate_hz:=100.0"],
@@ -191,12 +192,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="bare inference calls")
     parser.add_argument("--episodes", type=int, default=10, help="sim-core episodes per setting")
     parser.add_argument("--latency-steps", type=int, default=3)
+    parser.add_argument("--chunk-period-s", type=float, default=0.02, help="policy_node's period")
     args = parser.parse_args()
     os.environ.setdefault("ROS_DOMAIN_ID", "151")
     figures = {"bench": "deploy", "policy": args.policy}
     figures.update(bare_inference(args.policy, args.runs))
     figures.update(sim_core(args.policy, args.episodes, args.latency_steps))
-    figures.update(graph(args.policy, args.seconds))
+    figures.update(graph(args.policy, args.seconds, args.chunk_period_s))
     figures["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 

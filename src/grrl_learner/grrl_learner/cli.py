@@ -13,7 +13,7 @@ import json
 import sys
 
 from grrl_common.errors import run_cli
-from grrl_learner import HELD_OUT_SEED
+from grrl_learner import HELD_OUT_SEED, REPLAN_EVERY
 
 
 def add_train_bc(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +89,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--replan-every",
         type=int,
-        default=5,
+        default=REPLAN_EVERY,
         help="control steps per policy call (receding mode: h)",
     )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
@@ -284,7 +284,9 @@ def add_online_rl(sub: argparse._SubParsersAction) -> None:
         help="free ½‖ε‖² (default d/2 + 3·sqrt(d/2), d = k·n)",
     )
     p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
-    p.add_argument("--replan-every", type=int, default=5, help="control steps per policy call")
+    p.add_argument(
+        "--replan-every", type=int, default=REPLAN_EVERY, help="control steps per policy call"
+    )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
     p.add_argument("--seed", type=int, default=None, help="first episode's seed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

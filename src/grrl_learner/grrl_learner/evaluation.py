@@ -27,7 +27,7 @@ import torch
 from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
 from grrl_common.stats import wilson_interval
-from grrl_learner import HELD_OUT_SEED
+from grrl_learner import HELD_OUT_SEED, REPLAN_EVERY
 from grrl_policy import rtc as rtc_guide
 from grrl_policy.checkpoint import LoadedPolicy
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig
@@ -43,7 +43,7 @@ class EvalConfig:
     episodes: int = 100
     seed: int = HELD_OUT_SEED
     obs_mode: str | None = None  # checked against what the policy was trained on
-    replan_every: int = 5  # control steps between policy calls (ensembling; receding: h)
+    replan_every: int = REPLAN_EVERY  # control steps between policy calls (ensembling; receding: h)
     batch_envs: int = 50  # episodes run in lockstep (batched inference)
     max_steps: int | None = None  # None: the task's episode limit
     smoother: SmootherConfig | None = None  # None: defaults at the task's control period

@@ -29,6 +29,7 @@ import torch
 
 from grrl_common.errors import GrrlError
 from grrl_common.robot import RobotDescription, load_robot_description
+from grrl_learner import REPLAN_EVERY
 from grrl_learner.evaluation import batch_inputs, reset_envs
 from grrl_learner.online import (
     EpisodeRecord,
@@ -56,7 +57,7 @@ class OnlineSimConfig:
     episodes: int = 200  # in all, warm-up rollouts included
     seed: int = ONLINE_SEED
     max_steps: int | None = None  # None: the task's episode limit
-    replan_every: int = 5  # control steps between policy calls (ensemble mode)
+    replan_every: int = REPLAN_EVERY  # control steps between policy calls (ensemble mode)
     smoother: SmootherConfig | None = None  # None: defaults at the task's control period
     batch_envs: int = 12  # episodes in lockstep (also capped by the update cadence)
     progress: bool = True

@@ -59,7 +59,8 @@ class PolicyNode(Node):
                       read_only=True),
                 Param("torch_threads", 0, "CPU inference threads (0 = torch's default).",
                       0, 256, read_only=True),
-                Param("chunk_period_s", 0.1, "Seconds between chunk requests.", 0.005, 10.0),
+                Param("chunk_period_s", 0.02, "Seconds between chunk requests (a slower model "
+                      "runs back to back).", 0.005, 10.0),
                 Param("max_age_s", 0.5, "Inputs older than this are stale (no chunk).",
                       0.01, 60.0),
                 Param("noise_scale", 1.0, "Initial flow noise ~ N(0, scale² I); online-RL "
