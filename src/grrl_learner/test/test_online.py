@@ -269,7 +269,7 @@ def test_fast_path_runs_episodes_and_publishes_a_verified_checkpoint(
         [grrl, *base, "--sim", "--fast", "--episodes", "3", "--max-steps", "60",
          "--warmup-episodes", "2", "--warmup-steps", "5", "--update-every", "1",
          "--steps-per-update", "4", "--batch-size", "16", "--critic-width", "32",
-         "--threads", "1", "--no-progress"],
+         "--threads", "1", "--no-progress", "--replan-every", "5"],  # chunks overlap the end
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
