@@ -32,6 +32,9 @@ def add_train_bc(sub: argparse._SubParsersAction) -> None:
         default="absolute",
         help="absolute joint targets, or relative to the joints at the chunk start (delta)",
     )
+    p.add_argument(
+        "--flow-steps", type=int, default=None, help="Euler steps the checkpoint samples with (5)"
+    )
     p.add_argument("--width", type=int, default=128, help="small encoder / expert width")
     p.add_argument("--layers", type=int, default=4, help="small encoder layers (expert: half)")
     p.add_argument(
@@ -63,7 +66,7 @@ def run_train_bc(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, keep_mask=args.keep_mask, mirror=args.mirror,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk=args.chunk,
-        action_mode=args.action_mode,
+        action_mode=args.action_mode, flow_steps=args.flow_steps,
         width=args.width, layers=args.layers, obs=args.obs, encoder=args.encoder,
         vlm_checkpoint=args.vlm_checkpoint, seed=args.seed, save_every=args.save_every,
         eval_every=args.eval_every, eval_episodes=args.eval_episodes,
@@ -93,6 +96,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="control steps per policy call (receding mode: h)",
     )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
+    p.add_argument(
+        "--flow-steps", type=int, default=None, help="Euler steps per chunk (default: the policy's)"
+    )
     p.add_argument("--batch-envs", type=int, default=50, help="episodes run in lockstep")
     p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
     p.add_argument("--device", default="cpu")
@@ -120,7 +126,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from grrl_policy.smoother import SmootherConfig
 
     torch.set_grad_enabled(False)
-    policy = deployed(load_policy(args.policy, device=args.device))  # online RL: π_θ' noise
+    # online-RL checkpoints sample their noise from π_θ'
+    policy = deployed(load_policy(args.policy, device=args.device, flow_steps=args.flow_steps))
     cfg = EvalConfig(
         episodes=args.episodes, seed=args.seed, obs_mode=args.obs,
         replan_every=args.replan_every, batch_envs=args.batch_envs, device=args.device,
@@ -129,7 +136,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                 receding_steps=args.replan_every),
     )  # fmt: skip
     result = evaluate(policy, cfg)
-    summary = {"policy": args.policy, "seed": args.seed, **result.summary()}
+    steps = policy.model.cfg.flow_steps
+    summary = {"policy": args.policy, "seed": args.seed, "flow_steps": steps, **result.summary()}
     if args.episodes_out:
         with open(args.episodes_out, "w") as handle:
             json.dump(result.to_dict(), handle, indent=1)

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class TrainConfig:
     ema: float = 0.999
     chunk: int = 20
     action_mode: str = "absolute"  # or "delta": relative to the joints at the chunk start
+    flow_steps: int | None = None  # Euler steps the checkpoint samples with (None: the model's)
     seed: int = 0
     obs: str | None = None  # "state" | "pixels"; None: pixels if the data has images
     keep_mask: str | None = None
@@ -209,6 +210,10 @@ def build_model(cfg: TrainConfig, state_dim: int, action_dim: int, cameras: list
         vlm=VLMConfig(checkpoint=cfg.vlm_checkpoint),
         expert=ExpertConfig(width=cfg.width),
     )
+    if cfg.flow_steps is not None:
+        if cfg.flow_steps < 1:
+            raise TrainError(f"--flow-steps must be >= 1, got {cfg.flow_steps}")
+        policy_cfg = replace(policy_cfg, flow_steps=cfg.flow_steps)
     return FlowMatchingPolicy(policy_cfg)
 
 
@@ -396,9 +401,9 @@ def _log(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-# settings that may differ between an interrupted run and its resumption
+# settings that may differ between an interrupted run and its resumption (flow_steps: sampling)
 _RESUMABLE_CHANGES = {"steps", "max_minutes", "restart", "progress", "eval_every", "save_every",
-                      "eval_episodes", "out", "data"}  # fmt: skip
+                      "eval_episodes", "out", "data", "flow_steps"}  # fmt: skip
 
 
 def _maybe_resume(cfg, out: Path, model, ema, opt) -> int:

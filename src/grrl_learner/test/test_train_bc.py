@@ -29,7 +29,7 @@ def grrl(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def test_train_resume_is_exact_and_checkpoint_evaluates(noisy_dataset: Path, tmp_path: Path):
     straight = tmp_path / "straight"
     r = grrl("train-bc", "--data", str(noisy_dataset), "--out", str(straight), "--steps", "6",
-             "--save-every", "3", *SMALL)  # fmt: skip
+             "--save-every", "3", "--flow-steps", "4", *SMALL)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     # interrupted after its first step (a zero time budget), then resumed to the end
     cut = tmp_path / "cut"
@@ -54,14 +54,16 @@ def test_train_resume_is_exact_and_checkpoint_evaluates(noisy_dataset: Path, tmp
     policy = load_policy(straight)
     assert policy.meta["obs"] == "state" and policy.meta["step"] == 6
     assert policy.config.chunk == 8 and policy.config.state_dim == 14 + 14
+    assert policy.config.flow_steps == 4 and load_policy(cut).config.flow_steps == 5
     with safe_open(str(straight / "model.safetensors"), "pt") as handle:  # safetensors, no pickle
         assert len(list(handle.keys())) > 10
 
     r = grrl("eval", "--policy", str(straight), "--episodes", "2", "--max-steps", "40",
-             "--seed", "7")  # fmt: skip
+             "--seed", "7", "--flow-steps", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["episodes"] == 2 and 0.0 <= summary["success"] <= 1.0
+    assert summary["flow_steps"] == 3
     assert len(summary["ci"]) == 2 and summary["ci"][0] <= summary["success"] <= summary["ci"][1]
     assert set(summary["stages"]) == {"peg_grasped", "socket_grasped", "aligned", "inserted"}
     assert summary["mean_length_steps"] == 40  # an untrained policy runs to the step limit

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +178,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return read_checkpoint_json(path, FORMAT, "policy")
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedPolicy:
+def load_policy(
+    path: str | Path, device: str | torch.device = "cpu", flow_steps: int | None = None
+) -> LoadedPolicy:
+    """A checkpoint, ready to sample; ``flow_steps`` overrides its Euler steps at inference."""
     path = Path(path)
     document = read_config(path)
+    if flow_steps is not None and flow_steps < 1:
+        raise CheckpointError(f"flow_steps must be >= 1, got {flow_steps}")
     try:
         cfg = PolicyConfig.from_dict(document["policy"])
+        if flow_steps is not None:  # sampling only: the weights do not depend on it
+            cfg = replace(cfg, flow_steps=flow_steps)
         norm = NormStats.from_dict(document["normalization"])
         joint_names = list(document["joint_names"])
         control_dt = float(document["control_dt"])

@@ -63,6 +63,7 @@ class PolicyRunner:
         noise_scale: float = 1.0,
         rtc: bool = False,
         swap: str = "chunk",
+        flow_steps: int | None = None,
         clock: Callable[[], float] | None = None,
         on_error: Callable[[str], None] | None = None,
         on_update: Callable[[UpdateOutcome], None] | None = None,
@@ -74,6 +75,7 @@ class PolicyRunner:
         self.noise_scale = noise_scale
         self.rtc = rtc
         self.swap = swap
+        self.flow_steps = flow_steps  # an override that updates keep (None: each checkpoint's)
         self._on_chunk = on_chunk
         self._on_error = on_error or (lambda message: None)
         self._on_update = on_update or (lambda outcome: None)
@@ -153,7 +155,9 @@ class PolicyRunner:
             ))  # fmt: skip
             return
         try:
-            loaded = deployed(load_policy(path, device=self.policy.device))
+            loaded = deployed(
+                load_policy(path, device=self.policy.device, flow_steps=self.flow_steps)
+            )
         except Exception as exc:  # a broken checkpoint must not take the running policy down
             self._on_update(UpdateOutcome(version, False, str(exc).splitlines()[0]))
             return

@@ -63,6 +63,8 @@ class PolicyNode(Node):
                       "runs back to back).", 0.005, 10.0),
                 Param("max_age_s", 0.5, "Inputs older than this are stale (no chunk).",
                       0.01, 60.0),
+                Param("flow_steps", 0, "Euler steps per chunk (0 = the checkpoint's).", 0, 100,
+                      read_only=True),
                 Param("noise_scale", 1.0, "Initial flow noise ~ N(0, scale² I); online-RL "
                       "checkpoints: ~ N(π_θ'(o), scale² I).", 0.0, 10.0),
                 Param("seed", 0, "Seed of the flow-noise generator.", 0, 2**31 - 1),
@@ -88,7 +90,7 @@ class PolicyNode(Node):
             import torch
 
             torch.set_num_threads(p["torch_threads"])
-        policy = load_policy(p["policy"], device=p["device"])
+        policy = load_policy(p["policy"], device=p["device"], flow_steps=p["flow_steps"] or None)
         if policy.joint_names != self.robot.joint_names:
             raise ValueError(
                 f"{p['policy']}: trained for joints {policy.joint_names[:3]}…, the robot "
@@ -121,7 +123,7 @@ class PolicyNode(Node):
         )  # fmt: skip
         self.runner = PolicyRunner(
             policy, self._publish_chunk, seed=p["seed"], noise_scale=p["noise_scale"],
-            rtc=p["rtc"], swap=p["swap"], clock=self._now,
+            rtc=p["rtc"], swap=p["swap"], flow_steps=p["flow_steps"] or None, clock=self._now,
             on_error=self._on_inference_error,
             on_update=self._on_update_outcome,
         )  # fmt: skip

@@ -123,6 +123,23 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert len(digest) == 64 and digest == checkpoint_sha256(path)
 
 
+def test_flow_steps_override_changes_sampling_only(tmp_path):
+    model = FlowMatchingPolicy(tiny_config()).eval()
+    norm = NormStats(np.zeros(S), np.ones(S), np.zeros(N), np.ones(N))
+    path = save_policy(tmp_path / "ckpt", model, norm, ["j1", "j2"], 0.02)
+    states = np.random.default_rng(1).normal(size=(2, S)).astype(np.float32)
+    noise = torch.randn(2, K, N)
+    five, _ = load_policy(path).act(states, ["a", "b"], noise=noise)
+    ten = load_policy(path, flow_steps=10)
+    assert ten.model.cfg.flow_steps == 10
+    expected = model.sample(ten.observation(states, ["a", "b"]), noise=noise, steps=10)[0]
+    chunk, _ = ten.act(states, ["a", "b"], noise=noise)
+    np.testing.assert_allclose(chunk, expected.numpy(), atol=1e-6)
+    assert np.abs(chunk - five).max() > 1e-4  # a different integration, same weights
+    with pytest.raises(CheckpointError, match="flow_steps must be >= 1"):
+        load_policy(path, flow_steps=0)
+
+
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a policy checkpoint"):
         load_policy(tmp_path)
