@@ -10,7 +10,6 @@ HELD_OUT_SEED = 1_000_000
 
 # Control steps between policy calls wherever the sim core runs a policy (evaluation, online
 # RL), as policy_node's chunk_period_s does on the robot. A chunk every step with ACT's
-# ensembling re-reads the scene at the control rate: on the same 200 scenes, clean + mirror BC
-# succeeds 0.70 that way against 0.56 with a chunk every 5 steps, plain BC 0.47 against 0.44
-# (docs/BENCHMARKS.md).
+# ensembling re-reads the scene at the control rate: on the same 500 scenes, clean + mirror BC
+# succeeds 0.69 that way against 0.58 with a chunk every 5 steps (docs/BENCHMARKS.md).
 REPLAN_EVERY = 1
