@@ -90,7 +90,8 @@ class PolicyNode(Node):
             import torch
 
             torch.set_num_threads(p["torch_threads"])
-        policy = load_policy(p["policy"], device=p["device"], flow_steps=p["flow_steps"] or None)
+        flow_steps = p["flow_steps"] or None  # None: each checkpoint's own, updates included
+        policy = load_policy(p["policy"], device=p["device"], flow_steps=flow_steps)
         if policy.joint_names != self.robot.joint_names:
             raise ValueError(
                 f"{p['policy']}: trained for joints {policy.joint_names[:3]}…, the robot "
@@ -123,7 +124,7 @@ class PolicyNode(Node):
         )  # fmt: skip
         self.runner = PolicyRunner(
             policy, self._publish_chunk, seed=p["seed"], noise_scale=p["noise_scale"],
-            rtc=p["rtc"], swap=p["swap"], flow_steps=p["flow_steps"] or None, clock=self._now,
+            rtc=p["rtc"], swap=p["swap"], flow_steps=flow_steps, clock=self._now,
             on_error=self._on_inference_error,
             on_update=self._on_update_outcome,
         )  # fmt: skip
