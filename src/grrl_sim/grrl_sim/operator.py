@@ -28,6 +28,7 @@ GRIPPER_OPEN = 0.05
 GRIPPER_CLOSED = 0.021
 PITCH = np.deg2rad(60.0)  # the gripper approaches objects tilted 60 degrees down
 ROLL_POSTURE_WEIGHT = np.array([0, 0, 0, 0.2, 0, 0.2])  # IK null-space pull of the rolls to 0
+CARRY_CLEARANCE = 0.03  # m the peg's carry stops short of the meeting point, away from the socket
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,11 @@ class ScriptedOperator:
             self._recovering.end_step = self.step
             self._recovering = None
         carry_rot = grasp_rotation(arm.base_yaw)
-        yield from self._go(arm, self._meeting_point(arm) + [0, 0, 0.02], carry_rot)
+        # carry to a point short of the socket, as a person would: at the meeting point itself
+        # the peg's tip would bump the socket's rim before the alignment
+        side = -1.0 if arm.name == "left" else 1.0
+        yield from self._go(arm, self._meeting_point(arm) + [side * CARRY_CLEARANCE, 0, 0.02],
+                            carry_rot)  # fmt: skip
         while not self._socket_ready:
             yield
         tries = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from grrl_sim.operator import OperatorConfig, ScriptedOperator
@@ -76,3 +77,23 @@ def test_clean_operator_makes_no_mistakes(task):
     )  # fmt: skip
     assert result.success and operator.mistakes == []
     assert not any(retry for retry, _ in trace)
+
+
+def test_clean_operator_keeps_the_peg_off_the_socket_rim_until_aligned(task):
+    """The carry stops short of the socket: a demo that bumps the rim teaches bumping it."""
+    g = task.config.geometry
+    clearance = g.socket_inner_half_width - g.peg_half_width
+    for seed in range(3):
+        operator = ScriptedOperator(task, OperatorConfig.clean())
+        task.reset(seed)
+        operator.reset(seed)
+        closest_off_axis = np.inf  # how near the mouth the tip came while outside the hole's bore
+        for _ in range(task.config.episode_limit_steps):
+            result = task.step(operator.act().command)
+            tip = task.peg_tip_in_socket()
+            if max(abs(tip[1]), abs(tip[2])) > clearance:
+                closest_off_axis = min(closest_off_axis, abs(tip[0]) - g.socket_half_length)
+            if result.done:
+                break
+        assert result.success
+        assert closest_off_axis > 0.01, f"seed {seed}: tip {closest_off_axis * 1e3:.1f} mm"
