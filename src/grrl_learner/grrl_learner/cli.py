@@ -78,6 +78,17 @@ def run_train_bc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_max_chunks(p: argparse.ArgumentParser) -> None:
+    from grrl_policy.smoother import SmootherConfig  # numpy only: cheap at start-up
+
+    p.add_argument(
+        "--max-chunks",
+        type=int,
+        default=SmootherConfig.max_chunks,
+        help="ensemble mode: the newest chunks blended (default %(default)s)",
+    )
+
+
 def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a policy in the sim core through the smoother")
     p.add_argument("--policy", required=True, help="policy checkpoint directory")
@@ -96,6 +107,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="control steps per policy call (receding mode: h)",
     )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
+    _add_max_chunks(p)
     p.add_argument(
         "--flow-steps", type=int, default=None, help="Euler steps per chunk (default: the policy's)"
     )
@@ -133,7 +145,7 @@ def run_eval(args: argparse.Namespace) -> int:
         replan_every=args.replan_every, batch_envs=args.batch_envs, device=args.device,
         max_steps=args.max_steps, latency_steps=args.latency_steps, rtc=args.rtc,
         smoother=SmootherConfig(control_dt=policy.control_dt, mode=args.smoother,
-                                receding_steps=args.replan_every),
+                                receding_steps=args.replan_every, max_chunks=args.max_chunks),
     )  # fmt: skip
     result = evaluate(policy, cfg)
     steps = policy.model.cfg.flow_steps
@@ -296,6 +308,7 @@ def add_online_rl(sub: argparse._SubParsersAction) -> None:
         "--replan-every", type=int, default=REPLAN_EVERY, help="control steps per policy call"
     )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
+    _add_max_chunks(p)
     p.add_argument("--seed", type=int, default=None, help="first episode's seed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
@@ -330,7 +343,7 @@ def run_online_rl(args: argparse.Namespace) -> int:
         episodes=args.episodes, seed=ONLINE_SEED if args.seed is None else args.seed,
         max_steps=args.max_steps, replan_every=args.replan_every,
         smoother=SmootherConfig(control_dt=control_dt, mode=args.smoother,
-                                receding_steps=args.replan_every),
+                                receding_steps=args.replan_every, max_chunks=args.max_chunks),
         batch_envs=args.update_every,
         progress=not args.no_progress,
     )  # fmt: skip

@@ -194,7 +194,10 @@ class SmootherConfig:
     horizon_steps: int | None = None  # QP horizon in control steps; None: a chunk's span (<= 64)
     jerk_weight: float = 1e-9  # s^6, see the class docstring
     stale_after_s: float = 0.5  # watchdog: stop when no chunk arrived for this long
-    max_chunks: int = 64  # chunks kept for ensembling (oldest dropped first)
+    # Chunks blended by ensembling, the newest ones (older ones are dropped). With a chunk every
+    # control step, 5 is the last 0.1 s of predictions: blending all 20 overlapping chunks
+    # scored about 0.1 lower on the sim's insertion (docs/BENCHMARKS.md, bench/bc.py).
+    max_chunks: int = 5
     stop_limit_scale: float = 0.5  # fraction of the acc/jerk limits a stop uses
     qp_max_iterations: int = 60  # ADMM cap per solve (the latency budget)
     qp_tolerance: float = 0.01  # ADMM residual tolerance, as a fraction of the limits

@@ -54,6 +54,9 @@ class SmootherNode(Node):
                       "'receding' (the newest chunk's first actions).", read_only=True),
                 Param("ensemble_m", defaults.ensemble_m, "ACT weight exp(-m i), i = 0 oldest.",
                       0.0, 10.0, read_only=True),
+                Param("max_chunks", defaults.max_chunks,
+                      "Ensemble mode: the newest chunks blended (older ones dropped).", 1, 1000,
+                      read_only=True),
                 Param("receding_steps", defaults.receding_steps,
                       "Receding mode: actions executed per chunk.", 1, 1000, read_only=True),
                 Param("jerk_weight", defaults.jerk_weight, "QP jerk penalty (s^6).",
@@ -78,7 +81,8 @@ class SmootherNode(Node):
         self.dt = 1.0 / rate
         config = SmootherConfig(
             control_dt=self.dt, mode=p["mode"], ensemble_m=p["ensemble_m"],
-            receding_steps=p["receding_steps"], jerk_weight=p["jerk_weight"],
+            max_chunks=p["max_chunks"], receding_steps=p["receding_steps"],
+            jerk_weight=p["jerk_weight"],
             stale_after_s=p["stale_after_s"], stop_limit_scale=p["stop_limit_scale"],
         )  # fmt: skip
         self.smoother = ChunkSmoother(JointLimits.from_robot(self.robot), config)

@@ -194,6 +194,22 @@ def test_ensembling_weights_follow_act(control_dt):
     np.testing.assert_allclose(command.position, expected, atol=1e-6)
 
 
+def test_ensembling_blends_only_the_newest_max_chunks():
+    """Older chunks beyond ``max_chunks`` are dropped, whatever order they arrive in."""
+    limits = loose_limits()
+    config = SmootherConfig(
+        mode="ensemble", ensemble_m=0.0, max_chunks=2, jerk_weight=1e-14, stale_after_s=5
+    )
+    smoother = ChunkSmoother(limits, config)
+    smoother.reset(np.zeros(3))
+    values = [np.full(3, 3.0), np.full(3, 1.0), np.full(3, -1.0)]  # oldest first
+    for i in (1, 0, 2):
+        smoother.add_chunk(np.tile(values[i], (200, 1)), 0.02 * i, 0.02)
+    for _ in range(50):
+        command = smoother.step()
+    np.testing.assert_allclose(command.position, (values[1] + values[2]) / 2, atol=1e-6)
+
+
 def test_receding_follows_the_newest_chunk():
     limits = loose_limits()
     config = SmootherConfig(mode="receding", jerk_weight=1e-14, stale_after_s=5)
