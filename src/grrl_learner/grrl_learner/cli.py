@@ -78,12 +78,22 @@ def run_train_bc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_max_chunks(p: argparse.ArgumentParser) -> None:
     from grrl_policy.smoother import SmootherConfig  # numpy only: cheap at start-up
 
     p.add_argument(
         "--max-chunks",
-        type=int,
+        type=_positive_int,
         default=SmootherConfig.max_chunks,
         help="ensemble mode: the newest chunks blended (default %(default)s)",
     )

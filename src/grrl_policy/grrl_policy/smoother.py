@@ -9,8 +9,9 @@ node run the same code.
 Pipeline
 --------
 1. **Target.** The chunks are blended into one target trajectory sampled at the control rate:
-   ``"ensemble"`` mode is ACT's temporal ensembling (every chunk covering a time predicts it; the
-   predictions are averaged with weights ``exp(-m * i)``, ``i = 0`` the oldest), ``"receding"``
+   ``"ensemble"`` mode is ACT's temporal ensembling (each of the ``max_chunks`` newest chunks
+   covering a time predicts it; the predictions are averaged with weights ``exp(-m * i)``,
+   ``i = 0`` the oldest), ``"receding"``
    follows the newest chunk (by ``start_time``). Chunk actions are interpolated linearly between
    chunk steps; after the last action the target holds it. Targets are clipped to the position
    limits (pushing a plan against a limit it cannot cross only slows the solver).
