@@ -321,9 +321,10 @@ class ScriptedOperator:
         while True:
             yield
 
-    def _meeting_point(self, arm: _Arm) -> np.ndarray:
+    def _meeting_point(self, arm: _Arm, short_by: float = 0.0) -> np.ndarray:
+        """Where this arm meets the other, or ``short_by`` metres before it (on its own side)."""
         side = -1.0 if arm.name == "left" else 1.0
-        return np.array([side * 0.07, 0.5, 0.22])
+        return np.array([side * (0.07 + short_by), 0.5, 0.22])
 
     def _peg_script(self, arm: _Arm):
         behind = -0.02  # grasp the peg 2 cm behind its centre, leaving room for the insertion
@@ -347,9 +348,8 @@ class ScriptedOperator:
         carry_rot = grasp_rotation(arm.base_yaw)
         # carry to a point short of the socket, as a person would: at the meeting point itself
         # the peg's tip would bump the socket's rim before the alignment
-        side = -1.0 if arm.name == "left" else 1.0
-        yield from self._go(arm, self._meeting_point(arm) + [side * CARRY_CLEARANCE, 0, 0.02],
-                            carry_rot)  # fmt: skip
+        carry = self._meeting_point(arm, short_by=CARRY_CLEARANCE) + [0, 0, 0.02]
+        yield from self._go(arm, carry, carry_rot)
         while not self._socket_ready:
             yield
         tries = 0
