@@ -112,7 +112,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--replan-every",
-        type=int,
+        type=_positive_int,
         default=REPLAN_EVERY,
         help="control steps per policy call (receding mode: h)",
     )
@@ -315,7 +315,10 @@ def add_online_rl(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-steps", type=int, default=None, help="cap episode length (steps)")
     p.add_argument(
-        "--replan-every", type=int, default=REPLAN_EVERY, help="control steps per policy call"
+        "--replan-every",
+        type=_positive_int,
+        default=REPLAN_EVERY,
+        help="control steps per policy call",
     )
     p.add_argument("--smoother", choices=["ensemble", "receding"], default="ensemble")
     _add_max_chunks(p)

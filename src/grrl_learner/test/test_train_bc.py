@@ -67,9 +67,10 @@ def test_train_resume_is_exact_and_checkpoint_evaluates(noisy_dataset: Path, tmp
     assert len(summary["ci"]) == 2 and summary["ci"][0] <= summary["success"] <= summary["ci"][1]
     assert set(summary["stages"]) == {"peg_grasped", "socket_grasped", "aligned", "inserted"}
     assert summary["mean_length_steps"] == 40  # an untrained policy runs to the step limit
-    r = grrl("eval", "--policy", str(straight), "--max-chunks", "0")
-    assert r.returncode == 2 and "--max-chunks: must be >= 1" in r.stderr
-    assert "Traceback" not in r.stderr
+    for option in ("--max-chunks", "--replan-every"):
+        r = grrl("eval", "--policy", str(straight), option, "0")
+        assert r.returncode == 2 and f"{option}: must be >= 1" in r.stderr
+        assert "Traceback" not in r.stderr
 
 
 def test_keep_mask_is_used_and_bad_input_gives_one_line(noisy_dataset: Path, tmp_path: Path):
