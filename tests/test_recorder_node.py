@@ -153,12 +153,18 @@ def test_gamepad_teleop_moves_the_sim_and_labels_the_episode(
             joy.publish(Joy(axes=list(axes), buttons=list(buttons)))
             executor.spin_once(timeout_sec=0.02)
 
-    press()  # the first message only sets the button state
     start = [0] * 11
     start[7] = 1
-    press(buttons=start)
-    press()
-    assert spin_until(executor, lambda: any(e.type == EpisodeEvent.START for e in events), 10)
+
+    def pressed_start() -> bool:
+        # Joy is best effort, and the teleop's reader may match our writer a moment after our
+        # side saw it: early messages can be lost, so press again, as a person would.
+        press()  # released first: the first message only sets the button state
+        press(buttons=start)
+        press()
+        return any(e.type == EpisodeEvent.START for e in events)
+
+    assert spin_until(executor, pressed_start, 10), teleop.text()
     stick = [0.0] * 8
     stick[0] = 1.0  # left stick held: the waist of the active (left) arm turns at 0.8 rad/s
 

@@ -33,7 +33,7 @@ import itertools
 import json
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -60,6 +60,7 @@ log = logging.getLogger("grrl.learner.episodes")
 # grrl_msgs/msg/EpisodeEvent types
 EVENT_START, EVENT_RETRY_KEYFRAME, EVENT_END, EVENT_ABORT = 0, 1, 2, 3
 _BOUNDARY = (EVENT_START, EVENT_END, EVENT_ABORT)
+_TRUTHS_KEPT = 8  # episodes whose ground truth is kept until their END
 
 POSE_SIZE = 7  # x, y, z, qw, qx, qy, qz (the sim's object_poses() layout)
 DEFAULT_MAX_IMAGE_AGE_S = 0.5
@@ -208,6 +209,9 @@ class EpisodeAssembler:
             SIM_GROUND_TRUTH: self._on_ground_truth,
         }
         self._instruction = ""  # latched and sent before START: survives resets
+        # ground truth by episode id, across resets: over DDS it may arrive just before its
+        # episode's START or after the previous END, and each topic is its own queue
+        self._truths: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._reset()
 
     # --- public --------------------------------------------------------------------------
@@ -268,7 +272,6 @@ class EpisodeAssembler:
         self._poses: list[np.ndarray] = []
         self._frames: dict[str, list[tuple[int, np.ndarray]]] = {c: [] for c in self._cameras}
         self._retry_stamps: list[int] = []
-        self._ground_truth: dict[str, Any] | None = None
         self._drops: Counter[str] = Counter()
 
     def _before_start(self, stamp: int) -> bool:
@@ -370,8 +373,15 @@ class EpisodeAssembler:
         except ValueError:
             self.count_drop(SIM_GROUND_TRUTH, "not JSON")
             return
-        if isinstance(truth, dict):
-            self._ground_truth = truth  # republished as it changes: the last one counts
+        if not isinstance(truth, dict):
+            self.count_drop(SIM_GROUND_TRUTH, "not a JSON object")
+            return
+        # republished as it changes: the last one of each episode counts
+        episode_id = str(truth.get("episode_id") or self._episode_id)
+        self._truths[episode_id] = truth
+        self._truths.move_to_end(episode_id)
+        while len(self._truths) > _TRUTHS_KEPT:
+            self._truths.popitem(last=False)
 
     def _on_event(self, stamp_ns: int, msg: Any) -> Episode | None:
         kind = int(msg.type)
@@ -396,6 +406,8 @@ class EpisodeAssembler:
                 return None  # a latched END of an episode we never saw
             if self._started and episode_id and episode_id != self._episode_id:
                 return None  # another episode's event
+            if not self._started and episode_id:
+                self._episode_id = episode_id  # joined mid-episode: END names it
             aborted = kind == EVENT_ABORT
             success = None if aborted else bool(msg.success)
             # without START we joined mid-episode: the data is not the whole episode
@@ -408,7 +420,6 @@ class EpisodeAssembler:
         """START: keep only what is stamped at or after it (ordering may put a step first)."""
         self._started, self._start_ns = True, stamp
         self._episode_id = episode_id or self._default_episode_id
-        self._ground_truth = None
 
         def keep(stamps: list[int], values: list[Any]) -> tuple[list[int], list[Any]]:
             kept = [(s, v) for s, v in zip(stamps, values, strict=True) if s >= stamp]
@@ -507,7 +518,7 @@ class EpisodeAssembler:
             images=images,
             frame_times=frame_times,
             frame_index=frame_index,
-            ground_truth=self._ground_truth,
+            ground_truth=self._truths.pop(self._episode_id, None),
             commanded=commanded,
             dropped=sum(self._drops.values()),
             drop_reasons=dict(self._drops),

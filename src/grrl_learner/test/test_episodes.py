@@ -20,6 +20,7 @@ from grrl_learner import episodes as episodes_module
 from grrl_learner.episodes import (
     EpisodeAssembler,
     EpisodeError,
+    StampOrderedFeed,
     read_dataset,
     read_episode,
 )
@@ -341,3 +342,36 @@ def test_stream_boundaries(robot):
     cut = assembler.finish()
     assert cut.episode_id == "d" and not cut.complete and len(cut) == 1
     assert not assembler.has_data
+
+
+def test_ground_truth_goes_to_its_episode_whatever_the_arrival_order(robot):
+    # Over DDS each topic is its own queue: the next episode's ground truth can be taken before
+    # this episode's END and the next START, and an episode's final truth after its END.
+    names, q, ms = robot.joint_names, list(np.zeros(14)), 10**6
+
+    def truth(episode_id: str, mistakes: list[str], success: bool | None = None):
+        return SimpleNamespace(data=json.dumps(
+            {"episode_id": episode_id, "mistakes": mistakes, "success": success}))  # fmt: skip
+
+    arrivals = [
+        ("/grrl/episode_event", _event(100 * ms, 0, "a")),
+        ("/grrl/sim/ground_truth", truth("a", [])),
+        ("/joint_states", _joint_state(100 * ms, names, q)),
+        ("/grrl/sim/ground_truth", truth("a", ["missed_grasp"])),
+        ("/joint_states", _joint_state(120 * ms, names, q)),
+        ("/grrl/sim/ground_truth", truth("b", [])),  # before a's END and b's START
+        ("/grrl/episode_event", _event(140 * ms, 2, "a", True)),
+        ("/grrl/sim/ground_truth", truth("a", ["missed_grasp"], True)),  # after a's END
+        ("/grrl/episode_event", _event(150 * ms, 0, "b")),
+        ("/joint_states", _joint_state(160 * ms, names, q)),
+        ("/grrl/episode_event", _event(180 * ms, 2, "b", True)),
+    ]
+    episodes: list = []
+    feed = StampOrderedFeed(EpisodeAssembler(robot), episodes.append, window_s=1.0)
+    for k, (topic, msg) in enumerate(arrivals):
+        feed.push(topic, msg, arrival_s=0.001 * k)
+    feed.flush()
+    assert [e.episode_id for e in episodes] == ["a", "b"]
+    assert episodes[0].ground_truth["mistakes"] == ["missed_grasp"]
+    assert episodes[1].ground_truth["mistakes"] == []
+    assert [len(e) for e in episodes] == [2, 1]
