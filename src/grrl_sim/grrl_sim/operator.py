@@ -347,8 +347,10 @@ class ScriptedOperator:
             self._recovering = None
         carry_rot = grasp_rotation(arm.base_yaw)
         # carry to a point short of the socket, as a person would: at the meeting point itself
-        # the peg's tip would bump the socket's rim before the alignment
-        carry = self._meeting_point(arm, short_by=CARRY_CLEARANCE) + [0, 0, 0.02]
+        # the peg's tip would bump the socket's rim before the alignment. Level with it, so the
+        # alignment moves mostly along the hole's axis: an imitation that lags behind the
+        # demo then errs along the push, not across the bore.
+        carry = self._meeting_point(arm, short_by=CARRY_CLEARANCE)
         yield from self._go(arm, carry, carry_rot)
         while not self._socket_ready:
             yield
