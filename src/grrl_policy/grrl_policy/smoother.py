@@ -11,10 +11,10 @@ Pipeline
 1. **Target.** The chunks are blended into one target trajectory sampled at the control rate:
    ``"ensemble"`` mode is ACT's temporal ensembling (each of the ``max_chunks`` newest chunks
    covering a time predicts it; the predictions are averaged with weights ``exp(-m * i)``,
-   ``i = 0`` the oldest), ``"receding"``
-   follows the newest chunk (by ``start_time``). Chunk actions are interpolated linearly between
-   chunk steps; after the last action the target holds it. Targets are clipped to the position
-   limits (pushing a plan against a limit it cannot cross only slows the solver).
+   ``i = 0`` the oldest), ``"receding"`` follows the newest chunk (by ``start_time``).
+   Chunk actions are interpolated linearly between chunk steps; after the last action the
+   target holds it. Targets are clipped to the position limits (pushing a plan against a limit
+   it cannot cross only slows the solver).
 2. **Plan (a QP per new chunk).** From the commanded state ``(p0, v0, a0)`` the plan over ``H``
    control steps minimises ``sum_k (p_k - r_k)^2 + jerk_weight * sum_k j_k^2`` subject to the
    jerk, acceleration, velocity and position limits at every step (:class:`PlanQP`).
