@@ -549,8 +549,10 @@ class StampOrderedFeed:
     last joint states stamped before it; a recorder's bag holds whatever order its subscriber
     saw. Every source therefore goes through this feed: it holds each message for ``window_s``
     of arrival time and hands messages to the assembler in header-stamp order — data before an
-    event of the same stamp; unstamped messages (instruction, ground truth) keep their place in
-    the arrival order. :func:`read_episode` pushes a whole bag and flushes, the learner node
+    event of the same stamp; the unstamped instruction keeps its place in the arrival order.
+    Ground truth names its episode, so it goes to the assembler at once: it must not wait
+    behind its episode's END, which a burst of arrivals after a stall can bring in first.
+    :func:`read_episode` pushes a whole bag and flushes, the learner node
     flushes as the window passes: one order, so a replayed stream and a file give one episode.
     """
 
@@ -574,8 +576,11 @@ class StampOrderedFeed:
         """Queue one message (``arrival_s``: when it arrived, on a monotonic clock)."""
         stamp = header_stamp_ns(msg)
         with self._lock:
+            if topic == SIM_GROUND_TRUTH:
+                self.assembler.feed(topic, 0, msg)  # kept by episode id until that END
+                return
             if stamp is None or stamp == 0:
-                # unstamped (instruction, ground truth): it goes where it arrived, after what
+                # unstamped (the instruction): it goes where it arrived, after what
                 # came before it — ordered at the newest stamp seen, behind events at that
                 # stamp; between episodes (after an END, before the next START) it is held for
                 # the next START: it was sent for that episode, whose START may carry a later
