@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
-from steps import last_json_line, run_step
+from steps import last_json_line, machine, run_step
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,7 +50,7 @@ def main() -> None:
                            "stages": online["stages"], "episodes": online["episodes"]}  # fmt: skip
     # the online stage re-scores its start policy (same seeds, same smoother): a consistency check
     result["online_rl"]["start_success"] = online["start_success"]
-    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    result.update(machine())
     print(json.dumps(result))
 
 

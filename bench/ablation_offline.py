@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-from steps import last_json_line, run_step
+from steps import last_json_line, machine, run_step
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,7 +56,7 @@ def main() -> None:
         result[name] = {"success": summary["success"], "ci": summary["ci"],
                         "stages": summary["stages"], "train_steps": meta["step"],
                         "transitions": meta["transitions"]}  # fmt: skip
-    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    result.update(machine())
     print(json.dumps(result))
 
 

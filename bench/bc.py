@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from steps import last_json_line, run_step
+from steps import last_json_line, machine, run_step
 
 
 def main() -> None:
@@ -73,7 +71,7 @@ def main() -> None:
         "transitions": meta["transitions"],
         "collect_minutes": round(collect_minutes, 2),
         "eval_minutes": round((time.monotonic() - started) / 60, 2),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        **machine(),
     }))  # fmt: skip
 
 

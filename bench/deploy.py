@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from steps import machine
 
 
 def bare_inference(policy_dir: str, runs: int) -> dict[str, float]:
@@ -199,7 +199,7 @@ def main() -> None:
     figures.update(bare_inference(args.policy, args.runs))
     figures.update(sim_core(args.policy, args.episodes, args.latency_steps))
     figures.update(graph(args.policy, args.seconds, args.chunk_period_s))
-    figures["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    figures.update(machine())
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from steps import run_step
+from steps import machine, run_step
 
 KINDS = ("distributional", "regression", "scalar_td")
 DELTAS = "0.01,0.02,0.03,0.05,0.06,0.07,0.08,0.09,0.1,0.12,0.15,0.2,0.3"
@@ -109,7 +107,7 @@ def main() -> None:
         "train_minutes": timing,
         "train_steps": steps,
         "collect_minutes": round(collect_minutes, 2),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        **machine(),
     })  # fmt: skip
     print(json.dumps(result))
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
+from steps import machine
 
 from grrl_learner.episodes import read_dataset, read_index
 
@@ -60,7 +59,7 @@ def main() -> None:
         "raw_msgs_per_s": round(messages / raw_s), "grrl_msgs_per_s": round(messages / grrl_s),
         "ratio": round(raw_s / grrl_s, 3),
         "steps_per_s": round(sum(len(e) for e in episodes) / grrl_s),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        **machine(),
     }))  # fmt: skip
 
 

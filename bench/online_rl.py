@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 
-from steps import last_json_line, run_step
+from steps import last_json_line, machine, run_step
 
 
 def main() -> None:
@@ -90,7 +88,7 @@ def main() -> None:
         "curve_png": online["curve_png"],
         "online_minutes": round(online_seconds / 60, 2),
         "eval_minutes_each": round(eval_seconds / 60, 2),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        **machine(),
     }))  # fmt: skip
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -25,6 +23,7 @@ from ament_index_python.packages import get_package_prefix
 from rclpy.node import Node
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image, JointState
+from steps import machine
 
 from grrl_common import contract
 from grrl_common.contract import QosKind, qos_profile
@@ -102,7 +101,7 @@ def main() -> None:
         "dropped": sum(published.values()) - sum(counts.values()),
         "written_mb_s": round(size / elapsed / 1e6, 2),
         "cpu_percent": round(cpu, 1),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        **machine(),
     }))  # fmt: skip
     node.destroy_node()
     rclpy.shutdown()

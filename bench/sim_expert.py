@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
+from steps import machine
 
 from grrl_sim.operator import OperatorConfig, ScriptedOperator
 from grrl_sim.task import InsertionTask, TaskConfig
@@ -76,7 +75,7 @@ def main() -> None:
         "mistakes_per_episode": float(np.mean(mistakes)),
         "state_episode_s": round(float(np.median(durations)), 3),
         "render_ms_per_camera": round(render_ms, 1),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        **machine(),
     }))  # fmt: skip
 
 

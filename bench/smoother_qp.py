@@ -23,9 +23,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 
 import numpy as np  # noqa: E402
+from steps import machine  # noqa: E402
 
 from grrl_common.robot import load_robot_description  # noqa: E402
 from grrl_policy.smoother import ChunkSmoother, JointLimits, SmootherConfig  # noqa: E402
@@ -130,7 +130,8 @@ def main() -> None:
         if not suffix:
             report["n"] = limits.n_joints
             report["control_dt"] = control_dt
-    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, one used"
+    report.update(machine())
+    report["cores_used"] = 1
     order = ["qp_ms_p50", "qp_ms_p99", "n", "horizon", "iterations_mean"]
     print(json.dumps({**{k: report[k] for k in order}, **report}))
 
