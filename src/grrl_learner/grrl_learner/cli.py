@@ -202,6 +202,11 @@ def add_train_critic(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="share this policy checkpoint's frozen encoder as the trunk (default: own trunk)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train_critic)  # fmt: skip
@@ -217,6 +222,7 @@ def run_train_critic(args: argparse.Namespace) -> int:
         hindsight=not args.no_hindsight, stride=args.stride, bc_lambda=args.bc_lambda,
         target_action=args.target_action, seed=args.seed, save_every=args.save_every,
         threads=args.threads, device=args.device, progress=not args.no_progress,
+        policy=args.policy,
     )  # fmt: skip
     out = train_critic(cfg)
     print(f"train-critic: checkpoint in {out}", file=sys.stderr)
@@ -273,6 +279,11 @@ def add_filter(sub: argparse._SubParsersAction) -> None:
         "the mistake (chunk) or at the mistake's own first step (step)",
     )
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="a shared-trunk critic's policy checkpoint, if it moved since training",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_filter_cli)  # fmt: skip
 
@@ -284,7 +295,7 @@ def run_filter_cli(args: argparse.Namespace) -> int:
         data=args.data, critic=args.critic, out=args.out, delta=args.delta,
         horizon=args.horizon, sweep=args.sweep, drop_failed=args.drop_failed,
         truth_until=args.truth_until, truth_from=args.truth_from, plots=not args.no_plots,
-        device=args.device,
+        device=args.device, policy=args.policy,
     )  # fmt: skip
     summary = run_filter(cfg)
     print(f"filter: {summary_line(summary)}")

@@ -9,36 +9,52 @@ Three kinds behind one interface (:class:`ChunkCritic`), for the paper's ablatio
 * ``regression``: the same network with one scalar output, fit to the time-based progress
   t/T of successful episodes (0 for failed ones); no bootstrapping.
 
-Network: an MLP trunk on the normalised state (the critic's own trunk; sharing a policy
-encoder's features is not implemented) gives a feature; a causal head reads it with the
+Network: an MLP trunk on the critic's input gives a feature; a causal head reads it with the
 chunk's actions and outputs Q(s_t, a_{t:t+j}) for every prefix j = 1..k — Q-chunking: one Q
 per prefix of the action chunk, and a prefix never sees later actions.
 
+Trunk, by config: the critic's *own* (its input is the normalised state alone) or *shared*
+with a policy (:class:`PolicyTrunk`, ``grrl train-critic --policy CKPT``): the input is then
+the normalised state next to the pooled features of that policy's frozen encoder — what the
+online critics read (:mod:`grrl_learner.online`), so the critic sees what the policy sees,
+images and instruction included for a pixels policy.
+
 Checkpoints: a directory with ``config.json`` (format ``grrl-critic-1``: critic config,
-normalisation statistics, metadata) and ``model.safetensors`` (never pickle), written
-atomically like policy checkpoints.
+normalisation statistics, the trunk — ``{"kind": "own"}`` or ``{"kind": "policy", "path",
+"sha256"}`` —, metadata) and ``model.safetensors`` (never pickle), written atomically like
+policy checkpoints. A shared-trunk critic is scored with the very encoder it was trained on:
+loading checks the policy checkpoint's sha256.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from grrl_common.errors import GrrlError
 from grrl_policy.checkpoint import (
     CONFIG_NAME,
+    CheckpointError,
+    checkpoint_sha256,
     load_checkpoint_weights,
+    load_policy,
     read_checkpoint_json,
     save_checkpoint_dir,
 )
 from grrl_policy.normalization import NormStats
 
+if TYPE_CHECKING:
+    from grrl_learner.episodes import Episode
+
 FORMAT = "grrl-critic-1"
 KINDS = ("distributional", "regression", "scalar_td")
+OWN_TRUNK = {"kind": "own"}
 
 
 class CriticError(GrrlError):
@@ -233,6 +249,83 @@ class ChunkActor(nn.Module):
 
 
 # --- checkpoints ----------------------------------------------------------------------------
+
+
+class PolicyTrunk:
+    """A policy checkpoint's frozen encoder as the critic's shared trunk: per episode step,
+    the encoder's pooled features of the observation the policy would see there."""
+
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "cpu", sha256: str | None = None
+    ) -> None:
+        path = Path(path)
+        try:
+            digest = checkpoint_sha256(path)
+            self.policy = load_policy(path, device=device)
+        except (OSError, CheckpointError) as exc:
+            raise CriticError(f"critic trunk: cannot load policy {path} ({exc})") from None
+        if sha256 is not None and digest != sha256:
+            raise CriticError(
+                f"critic trunk: policy {path} is not the one the critic was trained on "
+                f"(sha256 {digest[:12]}…, expected {sha256[:12]}…)"
+            )
+        self.path, self.sha256 = path.resolve(), digest
+        self.policy.model.requires_grad_(False)
+        self.cameras = list(self.policy.config.cameras)
+        self.object_poses = bool(self.policy.meta.get("object_poses", not self.cameras))
+
+    @property
+    def dim(self) -> int:
+        return int(self.policy.model.encoder.pooled_dim)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "policy", "path": str(self.path), "sha256": self.sha256}
+
+    @torch.no_grad()
+    def episode_features(self, episode: Episode, batch_size: int = 256) -> np.ndarray:
+        """(T, dim) float32: the pooled features at every step of ``episode``."""
+        for camera in self.cameras:
+            if len(episode.images.get(camera, ())) == 0:
+                raise CriticError(
+                    f"episode {episode.episode_id}: the critic's trunk (policy {self.path}) "
+                    f"needs frames of camera {camera!r}; read the episode with its images"
+                )
+        states = episode.states(self.object_poses)
+        out = []
+        for i in range(0, len(episode), batch_size):
+            steps = range(i, min(i + batch_size, len(episode)))
+            images = None
+            if self.cameras:  # before a camera's first frame: its first frame
+                images = np.stack([
+                    np.stack([episode.images[c][max(int(episode.frame_index[c][t]), 0)]
+                              for c in self.cameras])
+                    for t in steps
+                ])  # fmt: skip
+            obs = self.policy.observation(states[i : steps.stop], [episode.instruction] *
+                                          len(steps), images)  # fmt: skip
+            out.append(self.policy.model.encode(obs).pooled.float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def dataset_features(self, data: str | Path, episodes: Sequence[Episode]) -> list[np.ndarray]:
+        """Features of ``episodes`` (read from ``data``). A pixels policy's frames are read
+        again one episode at a time, so a dataset's frames never sit in memory at once."""
+        if not self.cameras:
+            return [self.episode_features(e) for e in episodes]
+        from grrl_learner.episodes import read_dataset
+
+        out = []
+        for episode in episodes:
+            if all(len(episode.images.get(c, ())) for c in self.cameras):
+                out.append(self.episode_features(episode))
+                continue
+            found = read_dataset(data, include_incomplete=True, load_images=True,
+                                 episode_ids=[episode.episode_id])  # fmt: skip
+            if len(found) != 1:
+                raise CriticError(f"{data}: cannot read episode {episode.episode_id} again")
+            out.append(self.episode_features(found[0]))
+        return out
+
+
 @dataclass
 class LoadedCritic:
     """A critic ready for scoring episodes: model, normalisation, what it observes."""
@@ -241,6 +334,7 @@ class LoadedCritic:
     norm: NormStats
     object_poses: bool
     meta: dict[str, Any]
+    trunk: PolicyTrunk | None = None  # None: the critic's own trunk (state only)
 
     @property
     def config(self) -> CriticConfig:
@@ -250,6 +344,16 @@ class LoadedCritic:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def inputs(self, episode: Episode, features: np.ndarray | None = None) -> np.ndarray:
+        """The critic's input at every step of ``episode``, (T, state_dim): the normalised
+        state, then (shared trunk) the policy features — ``features`` if already computed."""
+        states = self.norm.normalize_state(episode.states(self.object_poses)).astype(np.float32)
+        if self.trunk is None:
+            return states
+        if features is None:
+            features = self.trunk.episode_features(episode)
+        return np.concatenate([states, np.asarray(features, np.float32)], axis=1)
+
 
 def save_critic(
     path: str | Path,
@@ -257,6 +361,7 @@ def save_critic(
     norm: NormStats,
     object_poses: bool,
     meta: dict[str, Any] | None = None,
+    trunk: PolicyTrunk | None = None,
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``path`` atomically."""
     document = {
@@ -264,20 +369,31 @@ def save_critic(
         "critic": model.cfg.to_dict(),
         "normalization": norm.to_dict(),
         "object_poses": bool(object_poses),
+        "trunk": OWN_TRUNK if trunk is None else trunk.describe(),
         "meta": meta or {},
     }
     return save_checkpoint_dir(path, document, model)
 
 
-def load_critic(path: str | Path, device: str | torch.device = "cpu") -> LoadedCritic:
-    """Read a critic checkpoint; CriticError (one line naming the path) if it cannot."""
+def load_critic(
+    path: str | Path, device: str | torch.device = "cpu", policy: str | Path | None = None
+) -> LoadedCritic:
+    """Read a critic checkpoint; CriticError (one line naming the path) if it cannot. A
+    shared-trunk critic also loads its policy: from ``policy`` if given (a moved checkpoint),
+    else from the recorded path; either way it must be the same checkpoint (sha256)."""
     document = read_checkpoint_json(path, FORMAT, "critic", CriticError)
     try:
         cfg = CriticConfig.from_dict(document["critic"])
         norm = NormStats.from_dict(document["normalization"])
         object_poses = bool(document["object_poses"])
+        trunk_doc = dict(document.get("trunk", OWN_TRUNK))  # older checkpoints: own trunk
+        if trunk_doc["kind"] not in ("own", "policy"):
+            raise ValueError(f"unknown trunk kind {trunk_doc['kind']!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise CriticError(f"{Path(path) / CONFIG_NAME}: bad config ({exc})") from None
     model = ChunkCritic(cfg)
     load_checkpoint_weights(model, path, device, CriticError)
-    return LoadedCritic(model, norm, object_poses, document.get("meta", {}))
+    trunk = None
+    if trunk_doc["kind"] == "policy":
+        trunk = PolicyTrunk(policy or trunk_doc["path"], device, sha256=trunk_doc["sha256"])
+    return LoadedCritic(model, norm, object_poses, document.get("meta", {}), trunk)

@@ -57,19 +57,29 @@ class FilterError(GrrlError):
 
 # --- progress -------------------------------------------------------------------------------
 @torch.no_grad()
-def episode_progress(critic: LoadedCritic, episode: Episode, batch_size: int = 4096) -> np.ndarray:
-    """ρ_t for every step of ``episode`` with its recorded (padded) action chunks: (T,)."""
+def episode_progress(
+    critic: LoadedCritic,
+    episode: Episode,
+    batch_size: int = 4096,
+    features: np.ndarray | None = None,
+) -> np.ndarray:
+    """ρ_t for every step of ``episode`` with its recorded (padded) action chunks: (T,).
+    ``features``: a shared-trunk critic's policy features of the episode, when already
+    computed (else computed here, which needs the episode's frames for a pixels policy)."""
     cfg = critic.config
     if critic.object_poses and episode.object_poses is None:
         raise FilterError(
             f"episode {episode.episode_id}: the critic observes object poses the bag lacks"
         )
-    states = critic.norm.normalize_state(episode.states(critic.object_poses))
-    if states.shape[1] != cfg.state_dim or episode.action_dim != cfg.action_dim:
+    if episode.state_dim(critic.object_poses) != critic.norm.state_mean.shape[0] or (
+        episode.action_dim != cfg.action_dim
+    ):
         raise FilterError(
-            f"episode {episode.episode_id}: state/action dims {states.shape[1]}/"
-            f"{episode.action_dim}, the critic expects {cfg.state_dim}/{cfg.action_dim}"
+            f"episode {episode.episode_id}: state/action dims "
+            f"{episode.state_dim(critic.object_poses)}/{episode.action_dim}, the critic expects "
+            f"{critic.norm.state_mean.shape[0]}/{cfg.action_dim}"
         )
+    states = critic.inputs(episode, features)
     actions = critic.norm.normalize_action(chunk_actions(episode, cfg.chunk))
     device = critic.device
     out = []
@@ -200,6 +210,7 @@ class FilterConfig:
     truth_from: str = "chunk"  # "chunk": transitions whose chunk reaches a mistake; "step"
     plots: bool = True
     device: str = "cpu"
+    policy: str | None = None  # a shared-trunk critic's policy, if it moved since training
 
 
 @dataclass
@@ -227,7 +238,7 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
         raise FilterError(f"truth_until must be one of {TRUTH_UNTIL}")
     if cfg.truth_from not in TRUTH_FROM:
         raise FilterError(f"truth_from must be one of {TRUTH_FROM}")
-    critic = load_critic(cfg.critic, device=cfg.device)
+    critic = load_critic(cfg.critic, device=cfg.device, policy=cfg.policy)
     truth_lead = critic.config.chunk - 1 if cfg.truth_from == "chunk" else 0
     horizon = critic.config.chunk if cfg.horizon is None else int(cfg.horizon)
     if horizon < 0:
@@ -238,9 +249,12 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
         raise FilterError(f"{cfg.data}: no complete episodes to filter")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    features: list[np.ndarray | None] = [None] * len(episodes)
+    if critic.trunk is not None:  # the shared trunk's features, frames read once per episode
+        features = list(critic.trunk.dataset_features(cfg.data, episodes))
     results = []
-    for episode in episodes:
-        rho = episode_progress(critic, episode)
+    for episode, episode_features in zip(episodes, features, strict=True):
+        rho = episode_progress(critic, episode, features=episode_features)
         results.append(EpisodeResult(
             episode.episode_id, episode.success, rho,
             episode_drop(rho, episode.success, horizon, cfg.delta, cfg.drop_failed),

@@ -8,6 +8,10 @@ at (s', a') is lower (for the distributional kind: its whole distribution, C51-p
 the support); the actor is updated every ``policy_delay`` steps with
 −λ·Q(s, π(s))/mean|Q| + ‖π(s) − a‖². ``regression`` fits the time progress instead.
 
+The trunk is the critic's own (normalised state in) or, with ``policy``, shared with that
+policy's frozen encoder (:class:`grrl_learner.critic.PolicyTrunk`: its pooled features beside
+the state, computed once per step before training).
+
 Each step supervises the whole-chunk output (j = k) and ``aux_positions`` random shorter chunk
 prefixes per sample (Q-chunking; each bootstraps from its own s_{t+j}).
 
@@ -37,6 +41,7 @@ from grrl_learner.critic import (
     ChunkActor,
     ChunkCritic,
     CriticConfig,
+    PolicyTrunk,
     project_categorical,
     save_critic,
 )
@@ -83,6 +88,7 @@ class CriticTrainConfig:
     progress: bool = True
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    policy: str | None = None  # share this policy's frozen encoder as the trunk (None: own)
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -125,8 +131,13 @@ class CriticTrainer:
             [e.states(self.object_poses) for e in self.episodes],
             [e.commands for e in self.episodes],
         )
+        self.trunk = PolicyTrunk(cfg.policy, cfg.device) if cfg.policy else None
+        features = None
+        if self.trunk is not None:  # frozen: each step's features are computed once
+            features = self.trunk.dataset_features(cfg.data, self.episodes)
         self.data = TransitionSet(self.episodes, self.norm, cfg.chunk, cfg.gamma,
-                                  self.object_poses, cfg.hindsight, cfg.stride)  # fmt: skip
+                                  self.object_poses, cfg.hindsight, cfg.stride,
+                                  features)  # fmt: skip
         self.critic_cfg = CriticConfig(
             state_dim=self.data.state_dim, action_dim=self.data.action_dim, kind=cfg.kind,
             chunk=cfg.chunk, atoms=cfg.atoms, gamma=cfg.gamma, width=cfg.width,
@@ -151,6 +162,7 @@ class CriticTrainer:
             "successful": sum(e.success is True for e in self.episodes),
             "hindsight_failures": sum(s.hindsight for s in segments),
             "transitions": len(self.data),
+            "trunk": "own" if self.trunk is None else str(self.trunk.path),
             "instruction": self.episodes[0].instruction,
             "joint_names": list(self.episodes[0].joint_names),
             "train": asdict(cfg),
@@ -292,7 +304,7 @@ class CriticTrainer:
     def save(self, step: int) -> Path:
         self.critic.eval()
         path = save_critic(self.cfg.out, self.critic, self.norm, self.object_poses,
-                           {**self.meta, "step": step})  # fmt: skip
+                           {**self.meta, "step": step}, self.trunk)  # fmt: skip
         self.critic.train()
         return path
 

@@ -61,10 +61,11 @@ def make_segments(episodes: Sequence[Episode], hindsight: bool = True) -> list[S
 class TransitionSet:
     """All chunk transitions of ``episodes`` (+ hindsight failures) as tensors.
 
-    ``states`` (ΣT, S) and ``actions`` (Σ(T+k−1), n) are normalised with ``norm``; the actions
-    of a step's chunk are rows ``action_offset[e] + t .. + k`` (padded past the end by holding
-    the last command, as :func:`grrl_learner.dataset.chunk_actions` does). Transition i is
-    step ``step[i]`` of a segment of ``length[i]`` steps of episode ``episode[i]``.
+    ``states`` (ΣT, S) and ``actions`` (Σ(T+k−1), n) are normalised with ``norm``; with
+    ``features`` (a shared trunk's, one (T, F) array per episode) ``states`` is (ΣT, S + F).
+    The actions of a step's chunk are rows ``action_offset[e] + t .. + k`` (padded past the
+    end by holding the last command, as :func:`grrl_learner.dataset.chunk_actions` does).
+    Transition i is step ``step[i]`` of a segment of ``length[i]`` steps of episode ``episode[i]``.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class TransitionSet:
         object_poses: bool = True,
         hindsight: bool = True,
         stride: int = 1,
+        features: Sequence[np.ndarray] | None = None,
     ) -> None:
         if not episodes:
             raise ValueError("no episodes to make transitions of")
@@ -84,8 +86,13 @@ class TransitionSet:
         self.chunk, self.gamma = int(chunk), float(gamma)
         self.segments = make_segments(episodes, hindsight)
         states, actions, state_offset, action_offset = [], [], [0], [0]
-        for episode in episodes:
-            states.append(norm.normalize_state(episode.states(object_poses)).astype(np.float32))
+        if features is not None and len(features) != len(episodes):
+            raise ValueError(f"{len(features)} feature arrays for {len(episodes)} episodes")
+        for i, episode in enumerate(episodes):
+            state = norm.normalize_state(episode.states(object_poses)).astype(np.float32)
+            if features is not None:  # a shared trunk's features, after the state
+                state = np.concatenate([state, np.asarray(features[i], np.float32)], axis=1)
+            states.append(state)
             padded = padded_commands(episode, self.chunk)
             actions.append(norm.normalize_action(padded).astype(np.float32))
             state_offset.append(state_offset[-1] + len(episode))

@@ -12,8 +12,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from grrl_learner.critic import ChunkCritic, CriticConfig, load_critic, project_categorical
-from grrl_learner.dataset import load_keep_mask
+from grrl_learner.critic import (
+    ChunkCritic,
+    CriticConfig,
+    CriticError,
+    load_critic,
+    project_categorical,
+)
+from grrl_learner.dataset import chunk_actions, load_keep_mask
 from grrl_learner.episodes import Episode, read_dataset
 from grrl_learner.progress_filter import (
     Scores,
@@ -274,3 +280,95 @@ def test_train_critic_filter_and_train_bc_end_to_end(noisy_dataset: Path, tmp_pa
              str(tmp_path / "bad"))  # fmt: skip
     assert r.returncode == 2 and "not a critic checkpoint" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "grrl-critic-1" in r.stderr
+
+
+# --- the shared trunk: a policy's frozen encoder features beside the state -----------------
+def _pooled(policy_dir: Path, episode: Episode, steps: list[int], object_poses: bool) -> np.ndarray:
+    """The policy's pooled encoder features at ``steps``, one step at a time (no batching)."""
+    from grrl_policy.checkpoint import load_policy
+
+    policy = load_policy(policy_dir)
+    cameras = list(policy.config.cameras)
+    rows = []
+    with torch.no_grad():
+        for t in steps:
+            images = None
+            if cameras:
+                index = {c: max(int(episode.frame_index[c][t]), 0) for c in cameras}
+                images = np.stack([episode.images[c][index[c]] for c in cameras])[None]
+            obs = policy.observation(episode.states(object_poses)[t : t + 1],
+                                     [episode.instruction], images)  # fmt: skip
+            rows.append(policy.model.encode(obs).pooled[0].numpy())
+    return np.stack(rows)
+
+
+def test_shared_trunk_critic_reads_the_policys_encoder_and_checks_it(
+    noisy_dataset: Path, robot, tiny_policy, tmp_path: Path
+):
+    episodes = read_dataset(noisy_dataset, load_images=False)
+    pose_dim = episodes[0].state_dim(True) - robot.n_joints
+    policy = tiny_policy("trunk", object_pose_dim=pose_dim)
+    cfg = CriticTrainConfig(data=str(noisy_dataset), out=str(tmp_path / "critic"), steps=30,
+                            chunk=5, policy=str(policy), **TINY)  # fmt: skip
+    trainer = CriticTrainer(cfg)
+    own = episodes[0].state_dim(True)
+    assert trainer.data.state_dim == own + 32  # the tiny encoder's pooled width
+    # the precomputed features are the encoder's, step for step (batched vs one at a time)
+    e = trainer.episodes[1]
+    rows = trainer.data.state_offset[1] + torch.tensor([0, 7, len(e) - 1])
+    expected = _pooled(policy, e, [0, 7, len(e) - 1], object_poses=True)
+    np.testing.assert_allclose(trainer.data.states[rows, own:].numpy(), expected, atol=1e-5)
+    for step in range(cfg.steps):
+        trainer.train_step(step)
+    path = trainer.save(cfg.steps)
+
+    critic = load_critic(path)
+    assert critic.trunk is not None and critic.trunk.path == policy.resolve()
+    rho = episode_progress(critic, e)
+    inputs = torch.cat([
+        torch.from_numpy(critic.norm.normalize_state(e.states(True)).astype(np.float32)),
+        torch.from_numpy(_pooled(policy, e, list(range(len(e))), object_poses=True)),
+    ], dim=1)  # fmt: skip
+    actions = torch.from_numpy(critic.norm.normalize_action(chunk_actions(e, 5)).astype(np.float32))
+    with torch.no_grad():
+        direct = critic.model.progress(inputs, actions).numpy()
+    np.testing.assert_allclose(rho, direct, rtol=1e-4, atol=1e-5)
+
+    # a moved policy is found with --policy; another policy under the same path is refused
+    moved = tmp_path / "moved"
+    shutil.copytree(policy, moved)
+    assert load_critic(path, policy=moved).trunk.path == moved.resolve()
+    shutil.rmtree(policy)
+    tiny_policy("trunk", object_pose_dim=pose_dim, seed=1)
+    with pytest.raises(CriticError, match="not the one the critic was trained on"):
+        load_critic(path)
+    r = grrl("filter", "--data", str(noisy_dataset), "--critic", str(path), "--out",
+             str(tmp_path / "report"), "--no-plots")  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = grrl("filter", "--data", str(noisy_dataset), "--critic", str(path), "--out",
+             str(tmp_path / "report"), "--no-plots", "--policy", str(moved))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["episodes"] == len(episodes)
+
+
+def test_shared_trunk_of_a_pixels_policy_reads_the_frames(
+    pixels_dataset: Path, pixels_episode: Episode, tiny_policy, tmp_path: Path
+):
+    cameras = tuple(sorted(pixels_episode.images))
+    policy = tiny_policy("pixels", cameras=cameras)
+    cfg = CriticTrainConfig(data=str(pixels_dataset), out=str(tmp_path / "critic"), steps=2,
+                            chunk=5, policy=str(policy), **TINY)  # fmt: skip
+    trainer = CriticTrainer(cfg)  # reads the bags without frames, then each episode's frames
+    e = trainer.episodes[0]
+    assert not e.images  # the transitions' read kept no frames
+    own = e.state_dim(trainer.object_poses)
+    steps = [0, len(e) // 2, len(e) - 1]
+    expected = _pooled(policy, pixels_episode, steps, object_poses=False)
+    got = trainer.data.states[torch.tensor(steps), own:].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(expected[0] - expected[-1]).max() > 1e-4  # the frames do change the features
+    critic = load_critic(trainer.save(cfg.steps))
+    with pytest.raises(CriticError, match="needs frames of camera"):
+        episode_progress(critic, e)  # without frames: one clear error, not a shape mismatch
+    assert episode_progress(critic, pixels_episode).shape == (len(pixels_episode),)

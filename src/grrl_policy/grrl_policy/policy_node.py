@@ -134,6 +134,11 @@ class PolicyNode(Node):
             from grrl_learner.progress_filter import ProgressTracker
 
             critic = load_critic(p["critic"], device=p["device"])
+            if critic.trunk is not None:
+                raise ValueError(
+                    f"{p['critic']}: the live progress display takes a critic with its own "
+                    f"trunk; this one shares policy {critic.trunk.path}'s encoder"
+                )
             if critic.config.state_dim != policy.config.state_dim:
                 raise ValueError(
                     f"{p['critic']}: the critic observes {critic.config.state_dim} state values, "
