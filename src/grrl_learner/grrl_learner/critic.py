@@ -295,12 +295,9 @@ class PolicyTrunk:
         for i in range(0, len(episode), batch_size):
             steps = range(i, min(i + batch_size, len(episode)))
             images = None
-            if self.cameras:  # before a camera's first frame: its first frame
-                images = np.stack([
-                    np.stack([episode.images[c][max(int(episode.frame_index[c][t]), 0)]
-                              for c in self.cameras])
-                    for t in steps
-                ])  # fmt: skip
+            if self.cameras:
+                images = np.stack([np.stack([episode.frame(c, t) for c in self.cameras])
+                                   for t in steps])  # fmt: skip
             obs = self.policy.observation(states[i : steps.stop], [episode.instruction] *
                                           len(steps), images)  # fmt: skip
             out.append(self.policy.model.encode(obs).pooled.float().cpu().numpy())

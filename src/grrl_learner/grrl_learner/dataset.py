@@ -239,8 +239,7 @@ class ChunkDataset(Dataset):
         if self.cameras:
             views = []
             for camera in self.cameras:
-                f = max(int(episode.frame_index[camera][t]), 0)  # no frame yet: the first one
-                views.append(torch.from_numpy(episode.images[camera][f]).permute(2, 0, 1))
+                views.append(torch.from_numpy(episode.frame(camera, t)).permute(2, 0, 1))
             sample["images"] = torch.stack(views)  # a copy: the episode's frames stay intact
         return sample
 

@@ -134,6 +134,11 @@ class Episode:
         both = np.concatenate([self.joint_positions, self.object_poses], axis=1)
         return both.astype(np.float32)
 
+    def frame(self, camera: str, t: int) -> np.ndarray:
+        """The frame of ``camera`` seen at step t, (H, W, 3) uint8 (before the camera's first
+        frame arrived: that first frame)."""
+        return self.images[camera][max(int(self.frame_index[camera][t]), 0)]
+
 
 # --- message helpers (rosbags dataclasses and rclpy messages alike) ------------------------
 def _stamp_ns(msg: Any) -> int:

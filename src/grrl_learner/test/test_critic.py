@@ -294,8 +294,7 @@ def _pooled(policy_dir: Path, episode: Episode, steps: list[int], object_poses: 
         for t in steps:
             images = None
             if cameras:
-                index = {c: max(int(episode.frame_index[c][t]), 0) for c in cameras}
-                images = np.stack([episode.images[c][index[c]] for c in cameras])[None]
+                images = np.stack([episode.frame(c, t) for c in cameras])[None]
             obs = policy.observation(episode.states(object_poses)[t : t + 1],
                                      [episode.instruction], images)  # fmt: skip
             rows.append(policy.model.encode(obs).pooled[0].numpy())
