@@ -248,9 +248,7 @@ class ChunkActor(nn.Module):
         return self.net(state).view(-1, self.chunk, self.action_dim)
 
 
-# --- checkpoints ----------------------------------------------------------------------------
-
-
+# --- the shared trunk -----------------------------------------------------------------------
 class PolicyTrunk:
     """A policy checkpoint's frozen encoder as the critic's shared trunk: per episode step,
     the encoder's pooled features of the observation the policy would see there."""
@@ -323,6 +321,7 @@ class PolicyTrunk:
         return out
 
 
+# --- checkpoints ----------------------------------------------------------------------------
 @dataclass
 class LoadedCritic:
     """A critic ready for scoring episodes: model, normalisation, what it observes."""
