@@ -90,3 +90,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "make test" in readme and "make demo" in readme
     ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and line[0] != "#"]
     assert ci[-1] == "make test"
+
+
+def test_grrl_cli_parser_imports_no_torch():
+    # every `grrl` command builds the whole parser; torch there would cost every command, `grrl
+    # up` on a robot included, seconds at start-up and ~1.4 s at exit (seen on a busy 2-core box)
+    probe = (
+        "import sys\n"
+        "from grrl_bringup.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = sorted({'torch', 'mujoco'} & set(sys.modules))\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "none"

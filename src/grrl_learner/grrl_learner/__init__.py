@@ -13,3 +13,9 @@ HELD_OUT_SEED = 1_000_000
 # ensembling re-reads the scene at the control rate: on the same 500 scenes, clean + mirror BC
 # succeeds 0.69 that way against 0.58 with a chunk every 5 steps (docs/BENCHMARKS.md).
 REPLAN_EVERY = 1
+
+# Offline critic kinds (grrl_learner.critic) and the filter's default progress drop δ
+# (grrl_learner.progress_filter), here so that the CLI's parser needs no torch: importing it
+# costs seconds at start-up and at exit for every `grrl` command, `grrl up` included.
+CRITIC_KINDS = ("distributional", "regression", "scalar_td")
+DEFAULT_DELTA = 0.05

@@ -13,7 +13,7 @@ import json
 import sys
 
 from grrl_common.errors import run_cli
-from grrl_learner import HELD_OUT_SEED, REPLAN_EVERY
+from grrl_learner import CRITIC_KINDS, DEFAULT_DELTA, HELD_OUT_SEED, REPLAN_EVERY
 
 
 def add_train_bc(sub: argparse._SubParsersAction) -> None:
@@ -168,14 +168,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_train_critic(sub: argparse._SubParsersAction) -> None:
-    from grrl_learner.critic import KINDS
-
     p = sub.add_parser("train-critic", help="offline progress critic (TD3+BC on chunk transitions)")
     p.add_argument("--data", required=True, help="dataset directory (index.json + bags)")
     p.add_argument("--out", required=True, help="critic checkpoint directory to write")
     p.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=CRITIC_KINDS,
         default="distributional",
         help="distributional (C51), regression (fit t/T) or scalar_td",
     )
@@ -238,8 +236,6 @@ def _deltas(text: str) -> list[float]:
 
 
 def add_filter(sub: argparse._SubParsersAction) -> None:
-    from grrl_learner.progress_filter import DEFAULT_DELTA
-
     p = sub.add_parser("filter", help="progress filter: a keep mask for train-bc and a report")
     p.add_argument("--data", required=True, help="dataset directory (index.json + bags)")
     p.add_argument("--critic", required=True, help="critic checkpoint (grrl train-critic)")

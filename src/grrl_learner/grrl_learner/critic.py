@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from grrl_common.errors import GrrlError
+from grrl_learner import CRITIC_KINDS
 from grrl_policy.checkpoint import (
     CONFIG_NAME,
     CheckpointError,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from grrl_learner.episodes import Episode
 
 FORMAT = "grrl-critic-1"
-KINDS = ("distributional", "regression", "scalar_td")
+KINDS = CRITIC_KINDS
 OWN_TRUNK = {"kind": "own"}
 
 

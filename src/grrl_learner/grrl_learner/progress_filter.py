@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from grrl_common.errors import GrrlError
+from grrl_learner import DEFAULT_DELTA
 from grrl_learner.critic import LoadedCritic, load_critic
 from grrl_learner.dataset import chunk_actions, save_keep_mask
 from grrl_learner.episodes import Episode, read_dataset
 
-DEFAULT_DELTA = 0.05
 KEEP_MASK_NAME = "keep_mask.json"
 TRUTH_UNTIL = ("end", "retry")
 TRUTH_FROM = ("chunk", "step")
