@@ -23,7 +23,6 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from grrl_common import contract
@@ -34,7 +33,7 @@ from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
 from grrl_common.stamps import sec_nanosec, stamp_seconds
-from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.msg import EpisodeEvent, SimState
 from grrl_msgs.srv import ResetEpisode
 from grrl_sim.async_render import AsyncRenderer
 from grrl_sim.task import STAGES, InsertionTask, TaskConfig
@@ -125,7 +124,7 @@ class SimNode(Node):
         self._clock_pub = self.create_publisher(Clock, contract.CLOCK, qos_profile(QosKind.SENSOR))
         # Sim-only ground truth (qpos of robot and objects): what the scripted operator "sees".
         self._state_pub = self.create_publisher(
-            Float64MultiArray, contract.SIM_STATE, qos_profile(QosKind.SENSOR)
+            SimState, contract.SIM_STATE, qos_profile(QosKind.SENSOR)
         )
         self._poses_pub = self.create_publisher(PoseArray, contract.OBJECT_POSES, sensor)
         self._event_pub = self.create_publisher(
@@ -318,7 +317,9 @@ class SimNode(Node):
         poses = PoseArray(poses=[_pose(row) for row in object_poses])
         poses.header.stamp = stamp
         poses.header.frame_id = "world"
-        self._state_pub.publish(Float64MultiArray(data=qpos))
+        state = SimState(qpos=qpos)
+        state.header.stamp = stamp
+        self._state_pub.publish(state)
         self._poses_pub.publish(poses)
         self._joint_pub.publish(joint_state)
 

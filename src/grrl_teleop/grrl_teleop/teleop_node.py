@@ -2,7 +2,8 @@
 
 Input devices (parameter ``device``): ``scripted`` — the sim's scripted noisy operator, which
 reads the sim's ground-truth state (``/grrl/sim/state``) like a person looks at the scene and
-runs whole episodes by itself (``episodes``); ``leader``, ``gamepad``, ``keyboard`` — a person.
+runs whole episodes by itself (``episodes``), stamping each command with the state it answers;
+``leader``, ``gamepad``, ``keyboard`` — a person.
 Operator actions (start, retry keyframe, end with success/failure, abort) come from the device
 or from the ``StartEpisode``/``EndEpisode`` services and are published as ``EpisodeEvent``s.
 Every command passes the :class:`CommandGate` (joint names, finite values, limits, speed);
@@ -25,7 +26,7 @@ from rclpy.node import Node
 from rclpy.time import Time
 from rclpy.utilities import ok as rclpy_ok
 from sensor_msgs.msg import JointState, Joy
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from grrl_common import contract
@@ -35,7 +36,7 @@ from grrl_common.parameters import Param, declare
 from grrl_common.robot import load_robot_description
 from grrl_common.runtime import node_main
 from grrl_common.stamps import stamp_ns
-from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.msg import EpisodeEvent, SimState
 from grrl_msgs.srv import EndEpisode, ResetEpisode, StartEpisode
 from grrl_teleop.session import Session, SessionError
 
@@ -217,12 +218,13 @@ class TeleopNode(Node):
         self._next_seed = p["seed"]
         self._episodes_done = 0
         self._sim_qpos: np.ndarray | None = None
+        self._sim_stamp: Any = None  # the stamp of the state in _sim_qpos
         self._operator_running = False
         self._reset_client = self.create_client(
             ResetEpisode, contract.RESET_EPISODE_SERVICE, callback_group=self._callbacks
         )
         self.create_subscription(
-            Float64MultiArray, contract.SIM_STATE, self._on_sim_state, qos_profile(QosKind.SENSOR),
+            SimState, contract.SIM_STATE, self._on_sim_state, qos_profile(QosKind.SENSOR),
             callback_group=self._callbacks,
         )  # fmt: skip
         self._reset_pending = False
@@ -231,10 +233,11 @@ class TeleopNode(Node):
             self.create_timer(0.1, self._maybe_start_scripted_episode, self._callbacks,
                               clock=Clock(clock_type=ClockType.STEADY_TIME))  # fmt: skip
 
-    def _on_sim_state(self, msg: Float64MultiArray) -> None:
+    def _on_sim_state(self, msg: SimState) -> None:
         """Lockstep with the sim: one operator command per simulation state."""
         with self._lock:
-            self._sim_qpos = np.asarray(msg.data)
+            self._sim_qpos = np.asarray(msg.qpos)
+            self._sim_stamp = msg.header.stamp
             self._scripted_step()
 
     def _maybe_start_scripted_episode(self) -> None:
@@ -277,10 +280,13 @@ class TeleopNode(Node):
             shadow.data.qpos[:] = self._sim_qpos
             mujoco.mj_kinematics(shadow.model, shadow.data)
         output = self._operator.act()
-        self._send(self.robot.joint_names, output.command)
+        # Stamped with the state it answers, not with the node clock: /clock and the state
+        # arrive on different subscriptions, and under load the clock's callback can run a step
+        # late, which would stamp this answer onto the previous step.
+        self._send(self.robot.joint_names, output.command, self._sim_stamp)
         if output.retry:
-            self._publish_event(EpisodeEvent.RETRY_KEYFRAME)
-            self._session.retry(self.get_clock().now().nanoseconds / 1e9)
+            self._publish_event(EpisodeEvent.RETRY_KEYFRAME, at=self._sim_stamp)
+            self._session.retry(stamp_ns(self._sim_stamp) / 1e9)
         # Ground truth goes out as it changes, so the recorder has it before the episode ends.
         signature = [
             (m.kind, m.start_step, m.retry_step, m.end_step) for m in self._operator.mistakes
@@ -296,7 +302,7 @@ class TeleopNode(Node):
                 self._gate.reset(np.asarray(msg.position))
                 self.get_logger().info("robot state received: operator commands enabled")
 
-    def _send(self, names: list[str], positions: np.ndarray) -> bool:
+    def _send(self, names: list[str], positions: np.ndarray, at: Any = None) -> bool:
         target, reason = self._gate.check(names, positions)
         if target is None:
             self.rejected_commands += 1
@@ -305,25 +311,28 @@ class TeleopNode(Node):
             )
             return False
         msg = JointTrajectory(joint_names=self.robot.joint_names)
-        msg.header.stamp = self._stamp()
+        msg.header.stamp = self._stamp(at)
         msg.points = [JointTrajectoryPoint(positions=target.tolist())]
         self._command_pub.publish(msg)
         return True
 
-    def _stamp(self) -> Any:
-        """Now on the node clock, but never at or before the last episode's END: sim time does
-        not always reach this node before the first command after a reset does, and a command
-        stamped with the old episode's END time would sort into that episode."""
-        now = self.get_clock().now().nanoseconds
-        return Time(nanoseconds=max(now, self._after_end_ns)).to_msg()
+    def _stamp(self, at: Any = None) -> Any:
+        """``at`` (a stamp), else now on the node clock, but never at or before the last
+        episode's END: sim time does not always reach this node before the first command after a
+        reset does, and a command stamped with the old episode's END time would sort into that
+        episode."""
+        ns = self.get_clock().now().nanoseconds if at is None else stamp_ns(at)
+        return Time(nanoseconds=max(ns, self._after_end_ns)).to_msg()
 
     def _note_episode_end(self, stamp: Any) -> None:
         self._after_end_ns = max(self._after_end_ns, stamp_ns(stamp) + 1)
 
-    def _publish_event(self, kind: int, success: bool = False, note: str = "") -> None:
+    def _publish_event(
+        self, kind: int, success: bool = False, note: str = "", at: Any = None
+    ) -> None:
         event = EpisodeEvent(type=kind, episode_id=self._session.episode_id, success=success,
                              source="teleop", note=note)  # fmt: skip
-        event.header.stamp = self._stamp()
+        event.header.stamp = self._stamp(at)
         if kind in (EpisodeEvent.END, EpisodeEvent.ABORT):
             self._note_episode_end(event.header.stamp)
         self._event_pub.publish(event)
