@@ -83,6 +83,8 @@ def _online_rl(args: argparse.Namespace) -> int:
                       results_file=str(Path(args.out) / "runner.json"),
                       episode_limit_steps=args.max_steps or 0)  # fmt: skip
     plan.overrides["policy_node"].update(swap="episode")
+    # each update is used from the episode after the one that completed it, on any machine
+    plan.overrides["episode_runner"].update(wait_for_learner=not args.async_updates)
     plan.overrides.setdefault("learner_node", {}).update(
         mode="online", policy=str(Path(args.policy).resolve()), out_dir=str(Path(args.out)),
         episodes=args.episodes,

@@ -13,7 +13,14 @@ from typing import Any
 
 from builtin_interfaces.msg import Time
 
-from grrl_msgs.msg import ActionChunk, EpisodeEvent, PolicyUpdate, Progress
+from grrl_msgs.msg import (
+    ActionChunk,
+    EpisodeEvent,
+    LearnerStatus,
+    PolicyUpdate,
+    Progress,
+    SimState,
+)
 from grrl_msgs.srv import EndEpisode, ResetEpisode, StartEpisode
 
 TOPIC_PREFIX = (
@@ -25,6 +32,8 @@ MESSAGE_TYPES: dict[str, type] = {
     "episode_event": EpisodeEvent,
     "progress": Progress,
     "policy_update": PolicyUpdate,
+    "learner_status": LearnerStatus,
+    "sim_state": SimState,
 }
 SERVICE_TYPES: dict[str, type] = {
     "start_episode": StartEpisode,
@@ -80,11 +89,24 @@ def sample_messages(stamp: Time) -> dict[str, Any]:
     update.checkpoint_path = "/tmp/grrl/checkpoints/v4/model.safetensors"
     update.sha256 = "ab" * 32
     update.version = 4
+
+    status = LearnerStatus()
+    status.header.stamp = stamp
+    status.episode_id = "eval-2000004"
+    status.episodes = 2**31 + 5  # beyond int32: checks the uint32
+    status.policy_version = 3
+
+    state = SimState()
+    state.header.stamp = stamp
+    state.header.frame_id = "world"
+    state.qpos = [0.1 * i - 0.35 for i in range(23)] + [math.pi]
     return {
         "action_chunk": chunk,
         "episode_event": event,
         "progress": progress,
         "policy_update": update,
+        "learner_status": status,
+        "sim_state": state,
     }
 
 

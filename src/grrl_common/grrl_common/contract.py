@@ -72,6 +72,11 @@ JOINT_COMMAND = "/grrl/joint_command"
 EPISODE_EVENT = "/grrl/episode_event"
 PROGRESS = "/grrl/progress"
 POLICY_UPDATE = "/grrl/policy_update"
+# Coordination of online RL, not recorded (both latched): the checkpoint the policy node has
+# verified and runs from its next swap point (its answer to a POLICY_UPDATE; at start-up, the one
+# it started with) and what the online learner has taken in (grrl_msgs/LearnerStatus).
+POLICY_LOADED = "/grrl/policy_loaded"
+LEARNER_STATUS = "/grrl/learner/status"
 MARKERS = "/grrl/markers"
 # Object poses from a pose tracker (mocap, fiducials; the sim publishes ground truth): the
 # observation of `state`-mode policies. PoseArray in the world frame, objects in the order the

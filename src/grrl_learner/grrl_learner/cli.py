@@ -307,6 +307,12 @@ def add_online_rl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=200, help="episodes in all, warm-up included")
     p.add_argument("--out", required=True, help="run directory (resumed when it holds one)")
     p.add_argument("--fast", action="store_true", help="the sim core without ROS (benchmarks)")
+    p.add_argument(
+        "--async-updates",
+        action="store_true",
+        help="through the graph: start each episode without waiting for the learner (updates "
+        "land when ready, as on a robot; the curve then depends on the machine's speed)",
+    )
     p.add_argument("--warmup-episodes", type=int, default=24, help="offline-policy rollouts")
     p.add_argument("--warmup-steps", type=int, default=500, help="critic steps on them")
     p.add_argument("--update-every", type=int, default=12, help="new episodes per update")

@@ -9,8 +9,9 @@ reliably with a deep queue (what a fast ``ros2 bag play`` / ``grrl replay`` need
 the contract QoS (live robot). With ``critic`` set, each finished episode is scored and filtered
 by progress (:mod:`grrl_learner.progress_filter`) and the keep mask is written to ``out_dir``.
 ``mode: online`` runs noise-space RL (:mod:`grrl_learner.online`) on the executed episodes —
-ActionChunks (with their noise), the smoother's commands, END with success — and publishes each
-new noise predictor as a PolicyUpdate.
+ActionChunks (with their noise), the smoother's commands, END with success — publishes each
+new noise predictor as a PolicyUpdate and, after each episode it took in, a LearnerStatus (what
+a runner that waits for the learner between episodes waits on).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class LearnerNode(Node):
             OnlineLearner,
             record_from_episode,
         )
-        from grrl_msgs.msg import ActionChunk, PolicyUpdate
+        from grrl_msgs.msg import ActionChunk, LearnerStatus, PolicyUpdate
         from grrl_policy.checkpoint import load_policy
 
         if not p["policy"]:
@@ -188,11 +189,28 @@ class LearnerNode(Node):
             with chunk_lock:
                 chunks.append(ExecutedChunk(stamp, noise, int(msg.policy_version)))
 
+        status_pub = self.create_publisher(
+            LearnerStatus, contract.LEARNER_STATUS, qos_profile(QosKind.LATCHED)
+        )
+        taken = 0
+
+        def publish_status(episode_id: str) -> None:
+            nonlocal taken
+            taken += 1
+            status = LearnerStatus(episode_id=episode_id, episodes=taken,
+                                   policy_version=int(learner.version))  # fmt: skip
+            status.header.stamp = self.get_clock().now().to_msg()
+            status_pub.publish(status)
+
         def learn() -> None:  # buffers, updates and publishes, off the executor
             while True:
-                record = records.get()
-                if record is None:
+                item = records.get()
+                if item is None:
                     return
+                episode_id, record = item
+                if record is None:  # nothing to learn from; still taken in, in order
+                    publish_status(episode_id)
+                    continue
                 where = learner.add_episode(record)
                 self.get_logger().info(
                     f"episode {record.episode_id} → {where} buffer ({len(record.steps)} "
@@ -200,14 +218,14 @@ class LearnerNode(Node):
                     f"{learner.episodes_until_update()} to the next update"
                 )
                 path = learner.maybe_update()
-                if path is None:
-                    continue
-                latest = learner.latest_checkpoint
-                update = PolicyUpdate(checkpoint_path=str(path), sha256=latest["sha256"],
-                                      version=int(latest["version"]))  # fmt: skip
-                update.header.stamp = self.get_clock().now().to_msg()
-                update_pub.publish(update)
-                self.get_logger().info(f"published policy v{latest['version']}: {path}")
+                if path is not None:
+                    latest = learner.latest_checkpoint
+                    update = PolicyUpdate(checkpoint_path=str(path), sha256=latest["sha256"],
+                                          version=int(latest["version"]))  # fmt: skip
+                    update.header.stamp = self.get_clock().now().to_msg()
+                    update_pub.publish(update)
+                    self.get_logger().info(f"published policy v{latest['version']}: {path}")
+                publish_status(record.episode_id)  # after the update it made, if any
 
         def on_episode(episode: Episode) -> None:
             with chunk_lock:
@@ -216,8 +234,7 @@ class LearnerNode(Node):
             record = record_from_episode(episode, mine, with_objects, k)
             if record is None:
                 self.get_logger().warning(f"episode {episode.episode_id}: no chunk of it seen")
-                return
-            records.put(record)
+            records.put((episode.episode_id, record))
 
         self._learner_queue = records
         self._learner_thread = threading.Thread(target=learn, name="online_learner", daemon=True)

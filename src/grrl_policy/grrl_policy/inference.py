@@ -48,6 +48,8 @@ class UpdateOutcome:
     version: int
     accepted: bool
     message: str
+    path: str = ""  # of an accepted checkpoint
+    sha256: str = ""
 
 
 class PolicyRunner:
@@ -169,7 +171,9 @@ class PolicyRunner:
             self._staged = (loaded, version)
             if self.swap == "chunk" and not self._busy:
                 self._apply_staged_locked()
-        self._on_update(UpdateOutcome(version, True, f"staged {path} (swap at next {self.swap})"))
+        self._on_update(UpdateOutcome(
+            version, True, f"staged {path} (swap at next {self.swap})", path, digest
+        ))  # fmt: skip
 
     def _incompatible(self, other: LoadedPolicy) -> str:
         mine, theirs = self.policy.config, other.config

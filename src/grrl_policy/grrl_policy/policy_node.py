@@ -8,8 +8,9 @@ so the observation is fresh and no callback ever waits on the model. A missing o
 means no chunk: the smoother's watchdog then brings the robot smoothly to rest and holds, and
 ``/diagnostics`` says which input is missing. Publishes
 ``/grrl/action_chunk`` (stamp = observation time, noise, version, inference ms) and
-``/grrl/markers`` (each gripper's predicted path and, with a critic, a progress bar) and, with
-a critic, ``/grrl/progress`` (ρ of each chunk, its distribution, the suboptimal flag).
+``/grrl/markers`` (each gripper's predicted path and, with a critic, a progress bar), with
+a critic, ``/grrl/progress`` (ρ of each chunk, its distribution, the suboptimal flag), and
+``/grrl/policy_loaded`` (latched: each policy update it has verified and staged).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class PolicyNode(Node):
             MarkerArray, contract.MARKERS, qos_profile(QosKind.RELIABLE)
         )
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._loaded_pub = self.create_publisher(PolicyUpdate, contract.POLICY_LOADED, latched)
         self.create_timer(
             p["chunk_period_s"],
             self._request_chunk,
@@ -269,6 +271,10 @@ class PolicyNode(Node):
         self.last_update_message = outcome.message
         if outcome.accepted:
             self.get_logger().info(f"policy update v{outcome.version}: {outcome.message}")
+            loaded = PolicyUpdate(checkpoint_path=outcome.path, sha256=outcome.sha256,
+                                  version=outcome.version)  # fmt: skip
+            loaded.header.stamp = self.get_clock().now().to_msg()
+            self._loaded_pub.publish(loaded)  # the learner's and runner's answer
         else:
             self.refused_updates += 1
             self.get_logger().error(

@@ -5,7 +5,10 @@ For each of ``episodes`` seeds it calls the sim's ``ResetEpisode`` service, publ
 the sim's END (success, stages reached) or a wall-clock timeout (then ABORT). Before the next
 reset it waits until ``/grrl/joint_command`` has been quiet for ``settle_quiet_s`` (the smoother
 finished its stop; a reset during it would be undone by the stop's commands), at most
-``settle_timeout_s``. When all are done
+``settle_timeout_s``. With ``wait_for_learner`` (online RL) it also waits until the learner
+has taken in the episode that ended (``/grrl/learner/status``) and the policy node has staged
+the newest policy the learner published (``/grrl/policy_loaded``), at most ``learner_timeout_s``:
+an update then lands at the same episode however fast the machine is. When all are done
 it logs and writes a JSON summary — success, Wilson 95 % CI, per-stage success — and sets
 ``done``, so ``grrl up --exit-when-done`` returns. What is scored is what the deployed graph did:
 policy_node → smoother_node → sim, over DDS.
@@ -29,7 +32,7 @@ from grrl_common.contract import QosKind, qos_profile
 from grrl_common.parameters import Param, declare
 from grrl_common.runtime import node_main
 from grrl_common.stats import success_summary
-from grrl_msgs.msg import EpisodeEvent
+from grrl_msgs.msg import EpisodeEvent, LearnerStatus, PolicyUpdate
 from grrl_msgs.srv import ResetEpisode
 from grrl_sim.task import STAGES
 
@@ -62,6 +65,10 @@ class EpisodeRunner(Node):
                       "(the robot came to rest).", 0.0, 10.0),
                 Param("settle_timeout_s", 5.0, "Reset anyway after waiting this long for "
                       "quiet.", 0.0, 600.0),
+                Param("wait_for_learner", False, "Before a reset: wait for the online learner to "
+                      "take in the last episode and the policy to stage its newest update."),
+                Param("learner_timeout_s", 300.0, "Reset anyway after waiting this long for the "
+                      "learner and the policy.", 0.0, 3600.0),
             ],
         )  # fmt: skip
         self._p = p
@@ -74,6 +81,9 @@ class EpisodeRunner(Node):
         self._created = time.monotonic()
         self._last_command: float | None = None  # steady time of the last joint command
         self._ended_at: float | None = None  # steady time the last episode finished
+        self._last_episode_id: str | None = None  # of the last episode finished
+        self._learner: LearnerStatus | None = None
+        self._loaded_version = 0  # of the newest policy update the policy node staged
         latched = qos_profile(QosKind.LATCHED)
         self._event_pub = self.create_publisher(EpisodeEvent, contract.EPISODE_EVENT, latched)
         self._instruction_pub = self.create_publisher(String, contract.INSTRUCTION, latched)
@@ -82,6 +92,13 @@ class EpisodeRunner(Node):
         self.create_subscription(
             JointTrajectory, contract.JOINT_COMMAND, self._on_command, qos_profile(QosKind.COMMAND)
         )
+        if p["wait_for_learner"]:
+            self.create_subscription(
+                LearnerStatus, contract.LEARNER_STATUS, self._on_learner_status, latched
+            )
+            self.create_subscription(
+                PolicyUpdate, contract.POLICY_LOADED, self._on_policy_loaded, latched
+            )
         if p["instruction"]:
             self._instruction_pub.publish(String(data=p["instruction"]))
         # a wall-clock tick (steady), so a missing sim (no /clock) is still noticed; events are
@@ -114,6 +131,38 @@ class EpisodeRunner(Node):
         )  # fmt: skip
         return False
 
+    def _on_learner_status(self, msg: LearnerStatus) -> None:
+        with self._lock:
+            self._learner = msg
+
+    def _on_policy_loaded(self, msg: PolicyUpdate) -> None:
+        with self._lock:
+            self._loaded_version = max(self._loaded_version, int(msg.version))
+
+    def _waiting_for_learner(self) -> bool:
+        """With ``wait_for_learner``: True until the learner took in the last episode and the
+        policy node staged the newest policy the learner published."""
+        if not self._p["wait_for_learner"]:
+            return False
+        with self._lock:
+            last, status, loaded = self._last_episode_id, self._learner, self._loaded_version
+            ended = self._ended_at
+        if last is None or ended is None:
+            return False
+        if status is not None and status.episode_id == last and loaded >= status.policy_version:
+            return False
+        if time.monotonic() - ended < self._p["learner_timeout_s"]:
+            return True
+        if status is None or status.episode_id != last:
+            what = f"the learner has not taken in {last}"
+        else:
+            what = f"the policy has not staged v{status.policy_version} (has v{loaded})"
+        self.get_logger().warning(
+            f"{what} {self._p['learner_timeout_s']:.0f} s after it ended; resetting anyway",
+            throttle_duration_sec=10.0,
+        )
+        return False
+
     def _tick(self) -> None:
         if self.done.is_set():
             return
@@ -129,7 +178,7 @@ class EpisodeRunner(Node):
         index = len(self.results)
         if index >= self._p["episodes"]:
             return self._complete()
-        if self._settling():
+        if self._settling() or self._waiting_for_learner():
             return
         if not self._reset.service_is_ready():
             if time.monotonic() - self._created > self._p["service_timeout_s"]:
@@ -173,6 +222,8 @@ class EpisodeRunner(Node):
         with self._lock:
             current, self._current = self._current, None
             self._ended_at = time.monotonic()
+            if current is not None:
+                self._last_episode_id = current["episode_id"]
         if current is None:
             return
         seconds = time.monotonic() - current["wall_start"]
