@@ -30,6 +30,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="BC schedule length")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--critic-minutes", type=float, default=4.0)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each stage's BC run from its last save in --work (to --steps, on a "
+        "schedule of that length) instead of training from scratch",
+    )
     args = parser.parse_args()
     grrl = shutil.which("grrl")
     if grrl is None:
@@ -46,7 +52,8 @@ def main() -> None:
     result: dict = {"bench": "ablation_offline", "demos": args.episodes}
     for name, extra in stages.items():
         ckpt = work / f"policy_{name}"
-        run_step([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), "--restart",
+        start = [] if args.resume else ["--restart"]
+        run_step([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), *start,
                   "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--no-progress",
                   *extra])  # fmt: skip
         summary = last_json_line(

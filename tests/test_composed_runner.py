@@ -8,6 +8,7 @@ import time
 import pytest
 from rclpy.node import Node
 
+from grrl_bringup.interface_check import MESSAGE_TYPES, SERVICE_TYPES
 from grrl_common.runtime import spin_until
 
 
@@ -27,7 +28,9 @@ def test_runner_nodes_discover_each_other_and_stop_on_signal(
         executor, lambda: {"interface_prober", "interface_responder"} <= names(), timeout_sec=30
     ), runner.text()
     # ...and to each other: the prober's checks all crossed DDS to the responder and back.
-    assert runner.wait_for("7/7 grrl_msgs interfaces crossed DDS intact", timeout=60), runner.text()
+    n = len(MESSAGE_TYPES) + len(SERVICE_TYPES)
+    intact = f"{n}/{n} grrl_msgs interfaces crossed DDS intact"
+    assert runner.wait_for(intact, timeout=60), runner.text()
     assert runner.process.poll() is None, "without --exit-when-done the runner keeps running"
 
     sent = time.monotonic()
