@@ -72,9 +72,9 @@ JOINT_COMMAND = "/grrl/joint_command"
 EPISODE_EVENT = "/grrl/episode_event"
 PROGRESS = "/grrl/progress"
 POLICY_UPDATE = "/grrl/policy_update"
-# Coordination of online RL, not recorded (both latched): the checkpoint the policy node has
-# verified and runs from its next swap point (its answer to a POLICY_UPDATE; at start-up, the one
-# it started with) and what the online learner has taken in (grrl_msgs/LearnerStatus).
+# Coordination of online RL, not recorded (both latched): the newest checkpoint the policy node
+# has verified and staged for its next swap point (its answer to a POLICY_UPDATE; nothing until
+# the first) and what the online learner has taken in (grrl_msgs/LearnerStatus).
 POLICY_LOADED = "/grrl/policy_loaded"
 LEARNER_STATUS = "/grrl/learner/status"
 MARKERS = "/grrl/markers"
