@@ -27,7 +27,8 @@ from pathlib import Path
 
 from steps import machine, run_step
 
-KINDS = ("distributional", "regression", "scalar_td")
+from grrl_learner import CRITIC_KINDS as KINDS
+
 DELTAS = "0.01,0.02,0.03,0.05,0.06,0.07,0.08,0.09,0.1,0.12,0.15,0.2,0.3"
 
 

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from grrl_learner.episodes import Episode
 
 FORMAT = "grrl-critic-1"
-KINDS = CRITIC_KINDS
 OWN_TRUNK = {"kind": "own"}
 
 
@@ -82,8 +81,8 @@ class CriticConfig:
     twin: bool = True  # TD3's two critics (regression uses one)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise CriticError(f"critic kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in CRITIC_KINDS:
+            raise CriticError(f"critic kind must be one of {CRITIC_KINDS}, got {self.kind!r}")
         if self.chunk < 1:
             raise CriticError(f"critic chunk must be >= 1, got {self.chunk}")
         if self.kind == "distributional" and self.atoms < 2:

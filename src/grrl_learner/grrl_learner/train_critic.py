@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from grrl_common.errors import GrrlError
+from grrl_learner import CRITIC_KINDS
 from grrl_learner.critic import (
-    KINDS,
     ChunkActor,
     ChunkCritic,
     CriticConfig,
@@ -91,8 +91,8 @@ class CriticTrainConfig:
     policy: str | None = None  # share this policy's frozen encoder as the trunk (None: own)
 
     def check(self) -> None:
-        if self.kind not in KINDS:
-            raise CriticTrainError(f"--kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in CRITIC_KINDS:
+            raise CriticTrainError(f"--kind must be one of {CRITIC_KINDS}, got {self.kind!r}")
         if self.target_action not in TARGET_ACTIONS:
             raise CriticTrainError(f"target_action must be one of {TARGET_ACTIONS}")
         for name in ("steps", "batch_size", "chunk", "stride", "policy_delay", "save_every"):

@@ -192,8 +192,9 @@ class TeleopNode(Node):
                     if action is OperatorAction.START:
                         self._start_episode("")
                     elif action is OperatorAction.RETRY:
-                        self._session.retry(self.get_clock().now().nanoseconds / 1e9)
-                        self._publish_event(EpisodeEvent.RETRY_KEYFRAME)
+                        stamp = self._stamp()
+                        self._session.retry(stamp_ns(stamp) / 1e9)  # raises with no episode
+                        self._publish_event(EpisodeEvent.RETRY_KEYFRAME, at=stamp)
                     elif action in (OperatorAction.END_SUCCESS, OperatorAction.END_FAILURE):
                         success = action is OperatorAction.END_SUCCESS
                         self._publish_event(EpisodeEvent.END, success, "operator")
@@ -285,8 +286,9 @@ class TeleopNode(Node):
         # late, which would stamp this answer onto the previous step.
         self._send(self.robot.joint_names, output.command, self._sim_stamp)
         if output.retry:
-            self._publish_event(EpisodeEvent.RETRY_KEYFRAME, at=self._sim_stamp)
-            self._session.retry(stamp_ns(self._sim_stamp) / 1e9)
+            stamp = self._stamp(self._sim_stamp)
+            self._publish_event(EpisodeEvent.RETRY_KEYFRAME, at=stamp)
+            self._session.retry(stamp_ns(stamp) / 1e9)
         # Ground truth goes out as it changes, so the recorder has it before the episode ends.
         signature = [
             (m.kind, m.start_step, m.retry_step, m.end_step) for m in self._operator.mistakes
