@@ -47,6 +47,7 @@ def gym_aloha_assets() -> Path:
     return path
 
 
+FLOOR_Z = -0.75  # m: the floor under the table (its top at z = 0)
 _CONTACT = {"condim": 4, "solimp": [0.95, 0.99, 0.001, 0.5, 2], "solref": [0.01, 1]}
 
 
@@ -125,6 +126,15 @@ def build_spec(geometry: ObjectGeometry = ObjectGeometry()) -> mujoco.MjSpec:
         spec.body(f"{prefix}/gripper_link").add_site(
             name=f"{side}_grip", pos=list(GRIP_POINT), size=[0.004, 0, 0], rgba=[0, 1, 0, 0]
         )
+
+    # An invisible floor (geom group 3 is not rendered) where the table's legs stand: a peg
+    # dropped off the table's edge lands there instead of falling for ever, which drove its
+    # pose to -768 m in a noisy demo and the normalisation statistics with it.
+    floor = spec.worldbody.add_geom(
+        name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, pos=[0, 0, FLOOR_Z], size=[0, 0, 0.05],
+        rgba=[0, 0, 0, 0], group=3,
+    )  # fmt: skip
+    floor.condim = _CONTACT["condim"]
 
     g = geometry
     peg = spec.worldbody.add_body(name="peg", pos=[0.15, 0.5, g.peg_half_width])

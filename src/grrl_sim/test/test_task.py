@@ -144,3 +144,19 @@ def test_sim_stamps_carry_into_seconds():
         stamp = _stamp(seconds)
         assert 0 <= stamp.nanosec < 1_000_000_000
         assert abs(stamp.sec + stamp.nanosec * 1e-9 - seconds) < 1e-9
+
+
+def test_an_object_dropped_off_the_table_lands_on_the_floor(task: InsertionTask):
+    import mujoco
+
+    from grrl_sim.model import FLOOR_Z
+
+    task.reset(0)
+    model, data = task.model, task.data
+    address = model.joint("peg_joint").qposadr[0]
+    data.qpos[address : address + 3] = [0.0, 1.5, 0.3]  # beyond the table's far edge
+    for _ in range(2000):  # 4 s of physics
+        mujoco.mj_step(model, data)
+    z = data.qpos[address + 2]
+    assert FLOOR_Z < z < FLOOR_Z + 0.05, z
+    task.reset(0)  # leave the shared task as a fresh episode
