@@ -6,7 +6,9 @@ Uses ``bench/filter.py``'s work directory: the noisy demos and the distributiona
 mask at its best δ (runs that benchmark first, distributional only, when they are missing).
 Each BC policy trains under the same wall-time budget and is scored on ``--eval-episodes``
 held-out seeds through the deployment smoother (``grrl eval``): success with its Wilson CI and
-per-stage success, like the paper's figure.
+per-stage success, like the paper's figure. ``--drop-idle`` drops pause transitions in every
+stage alike (``grrl train-bc --drop-idle``), so that the stages still differ only by the
+progress filter and the mirror; its checkpoints are ``policy_<stage>_idle``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from steps import last_json_line, machine, run_step
 
+from grrl_learner.cli import add_drop_idle
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -30,6 +34,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="BC schedule length")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--critic-minutes", type=float, default=4.0)
+    add_drop_idle(parser, "every stage drops pause transitions, which the progress filter "
+                  "cannot see and a cloned policy stalls in")  # fmt: skip
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -49,9 +55,12 @@ def main() -> None:
                   "--minutes", str(args.critic_minutes)])  # fmt: skip
     stages = {"bc": [], "filtered": ["--keep-mask", str(mask)],
               "mirror": ["--keep-mask", str(mask), "--mirror"]}  # fmt: skip
-    result: dict = {"bench": "ablation_offline", "demos": args.episodes}
+    idle = [] if args.drop_idle is None else ["--drop-idle", str(args.drop_idle)]
+    result: dict = {"bench": "ablation_offline", "demos": args.episodes,
+                    "drop_idle": args.drop_idle}  # fmt: skip
     for name, extra in stages.items():
-        ckpt = work / f"policy_{name}"
+        ckpt = work / (f"policy_{name}" + ("_idle" if idle else ""))
+        extra = [*extra, *idle]
         start = [] if args.resume else ["--restart"]
         run_step([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), *start,
                   "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--no-progress",
@@ -62,7 +71,8 @@ def main() -> None:
         meta = json.loads((ckpt / "config.json").read_text())["meta"]
         result[name] = {"success": summary["success"], "ci": summary["ci"],
                         "stages": summary["stages"], "train_steps": meta["step"],
-                        "transitions": meta["transitions"]}  # fmt: skip
+                        "transitions": meta["transitions"],
+                        "idle_dropped": meta.get("idle_dropped", 0)}  # fmt: skip
     result.update(machine())
     print(json.dumps(result))
 

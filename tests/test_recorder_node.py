@@ -122,6 +122,9 @@ def test_grrl_collect_records_sim_episodes(tmp_path, start_process, executable_p
                 if c.topic == "/grrl/sim/ground_truth"
             ]
             assert len([m for m in truths[-1]["mistakes"] if m["retry_step"] >= 0]) == len(retries)
+            for pause in truths[-1]["hesitations"]:  # the operator's pauses, per arm
+                assert pause["arm"] in ("left", "right")
+                assert 0 <= pause["start_step"] <= pause["end_step"]
     assert sum(e["success"] for e in index.values()) >= 2
 
 

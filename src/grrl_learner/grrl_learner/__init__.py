@@ -19,3 +19,7 @@ REPLAN_EVERY = 1
 # costs seconds at start-up and at exit for every `grrl` command, `grrl up` included.
 CRITIC_KINDS = ("distributional", "regression", "scalar_td")
 DEFAULT_DELTA = 0.05
+
+# Stillness tolerance of a pause transition (grrl_learner.dataset.idle_transitions), as a
+# fraction of each joint's range: ~0.01 rad on a ViperX arm joint, 0.1 mm on its gripper.
+DEFAULT_IDLE_TOLERANCE = 0.003

@@ -13,7 +13,27 @@ import json
 import sys
 
 from grrl_common.errors import run_cli
-from grrl_learner import CRITIC_KINDS, DEFAULT_DELTA, HELD_OUT_SEED, REPLAN_EVERY
+from grrl_learner import (
+    CRITIC_KINDS,
+    DEFAULT_DELTA,
+    DEFAULT_IDLE_TOLERANCE,
+    HELD_OUT_SEED,
+    REPLAN_EVERY,
+)
+
+
+def add_drop_idle(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--drop-idle [FRACTION]``: train-bc's pause filter (grrl_learner.dataset)."""
+    parser.add_argument(
+        "--drop-idle",
+        type=float,
+        nargs="?",
+        const=DEFAULT_IDLE_TOLERANCE,
+        default=None,
+        metavar="FRACTION",
+        help=f"{what}: transitions whose chunk holds every joint within FRACTION of its range "
+        f"(default {DEFAULT_IDLE_TOLERANCE}); the final hold stays",
+    )
 
 
 def add_train_bc(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +41,7 @@ def add_train_bc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset directory (index.json + bags)")
     p.add_argument("--out", required=True, help="checkpoint directory to write (and resume)")
     p.add_argument("--keep-mask", default=None, help="per-transition keep mask (grrl filter)")
+    add_drop_idle(p, "drop pause transitions")
     p.add_argument("--mirror", action="store_true", help="add left/right mirrored samples")
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks)")
@@ -65,6 +86,7 @@ def run_train_bc(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         data=args.data, out=args.out, keep_mask=args.keep_mask, mirror=args.mirror,
+        idle_tolerance=args.drop_idle,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk=args.chunk,
         action_mode=args.action_mode, flow_steps=args.flow_steps,
         width=args.width, layers=args.layers, obs=args.obs, encoder=args.encoder,

@@ -78,6 +78,25 @@ def chunk_actions(episode: Episode, chunk: int, action_mode: str = "absolute") -
     return np.array(windows)
 
 
+def idle_transitions(episode: Episode, chunk: int, tolerance: np.ndarray) -> np.ndarray:
+    """Transitions t whose action chunk a_{t:t+k} holds the robot still — a pause the operator
+    ended by moving on: (T,) bool.
+
+    Still means every command of the chunk stays within ``tolerance`` (robot units, per joint
+    or one for all) of a_t. The episode's last still run is not idle: it is the hold that ends
+    the task, not a pause. Why drop pauses: with a state observation, a settled robot in a pause
+    looks the same at every step, so a cloned policy that learnt "stay" there never leaves
+    (the progress filter cannot see them: progress stalls in a pause but does not fall).
+    """
+    commands = padded_commands(episode, chunk)
+    windows = np.lib.stride_tricks.sliding_window_view(commands, chunk, axis=0)[: len(episode)]
+    drift = np.abs(windows - windows[:, :, :1]).max(axis=2)  # (T, n)
+    still = (drift <= np.asarray(tolerance, dtype=np.float32)).all(axis=1)
+    moving = np.flatnonzero(~still)
+    still[(moving[-1] + 1 if moving.size else 0) :] = False  # the final hold stays
+    return still
+
+
 class KeepMaskError(GrrlError, ValueError):
     """A keep-mask file or mapping that does not fit; the message is one line."""
 
@@ -169,7 +188,7 @@ class ChunkDataset(Dataset):
                     )
             keep = np.ones(len(episode), dtype=bool)
             if keep_mask is not None:
-                keep = self._mask_for(episode, keep_mask)
+                keep = self.mask_for(episode, keep_mask)
             kept = np.flatnonzero(keep)
             steps.append(kept)
             episode_of.append(np.full(len(kept), i))
@@ -193,7 +212,7 @@ class ChunkDataset(Dataset):
             )
 
     @staticmethod
-    def _mask_for(episode: Episode, keep_mask: Mapping[str, np.ndarray]) -> np.ndarray:
+    def mask_for(episode: Episode, keep_mask: Mapping[str, np.ndarray]) -> np.ndarray:
         if episode.episode_id not in keep_mask:
             raise KeepMaskError(f"keep mask has no entry for episode {episode.episode_id}")
         mask = np.asarray(keep_mask[episode.episode_id], dtype=bool).reshape(-1)

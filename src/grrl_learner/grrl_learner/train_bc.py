@@ -19,10 +19,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -35,6 +37,7 @@ from grrl_learner.dataset import (
     NormStats,
     chunk_actions,
     collate,
+    idle_transitions,
     load_keep_mask,
 )
 from grrl_learner.episodes import Episode, read_dataset
@@ -68,6 +71,9 @@ class TrainConfig:
     seed: int = 0
     obs: str | None = None  # "state" | "pixels"; None: pixels if the data has images
     keep_mask: str | None = None
+    # drop pause transitions (dataset.idle_transitions); tolerance as a fraction of each
+    # joint's range, None: keep them
+    idle_tolerance: float | None = None
     mirror: bool = False
     encoder: str = "small"
     vlm_checkpoint: str = "tiny"
@@ -224,6 +230,33 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def drop_idle(
+    episodes: Sequence[Episode],
+    keep: Mapping[str, np.ndarray] | None,
+    chunk: int,
+    fraction: float,
+    robot: RobotDescription,
+) -> tuple[dict[str, np.ndarray], int]:
+    """``keep`` (None: keep all) with every episode's pause transitions dropped too, and how
+    many kept transitions that dropped. ``fraction``: stillness tolerance per joint, as a
+    fraction of its range in the robot description."""
+    if not 0 < fraction < 1:
+        raise TrainError(f"idle tolerance must be a fraction in (0, 1), got {fraction}")
+    index = {name: i for i, name in enumerate(robot.joint_names)}
+    out: dict[str, np.ndarray] = {}
+    dropped = 0
+    for episode in episodes:
+        joints = [index[name] for name in episode.joint_names]
+        tolerance = fraction * (robot.upper[joints] - robot.lower[joints])
+        base = np.ones(len(episode), bool)
+        if keep is not None:
+            base = ChunkDataset.mask_for(episode, keep)
+        idle = idle_transitions(episode, chunk, tolerance)
+        dropped += int((base & idle).sum())
+        out[episode.episode_id] = base & ~idle
+    return out, dropped
+
+
 # --- the loop -------------------------------------------------------------------------------
 class BCTrainer:
     """Data, model, optimiser and EMA of one BC run; ``run()`` trains (or resumes)."""
@@ -238,6 +271,9 @@ class BCTrainer:
         self.control_dt = 1.0 / self.robot.control_rate_hz
         episodes, self.obs_mode, cameras, with_objects = load_training_data(cfg, self.robot)
         keep = load_keep_mask(cfg.keep_mask) if cfg.keep_mask else None
+        idle = 0
+        if cfg.idle_tolerance is not None:
+            keep, idle = drop_idle(episodes, keep, cfg.chunk, cfg.idle_tolerance, self.robot)
         augment = []
         states = [e.states(with_objects) for e in episodes]
         actions = [
@@ -280,6 +316,7 @@ class BCTrainer:
             "episodes": len(episodes),
             "transitions": len(self.dataset),
             "keep_mask": cfg.keep_mask,
+            "idle_dropped": idle,
             "mirror": cfg.mirror,
             "train": asdict(cfg),
         }

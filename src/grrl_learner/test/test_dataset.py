@@ -14,9 +14,11 @@ from grrl_learner.dataset import (
     KeepMaskError,
     NormStats,
     collate,
+    idle_transitions,
     load_keep_mask,
     save_keep_mask,
 )
+from grrl_learner.episodes import Episode
 from grrl_policy.normalization import NormStats as PolicyNormStats
 
 CHUNK = 10
@@ -200,3 +202,28 @@ def test_pixels_samples(pixels_episode):
     assert batch["images"].shape == (2, 3, 3, 128, 128)
     with pytest.raises(ValueError, match="no frames of camera 'top'"):
         ChunkDataset([pixels_episode], CHUNK, stats, cameras=["top"], object_poses=False)
+
+
+def _commands_episode(commands: np.ndarray) -> Episode:
+    T, n = commands.shape
+    return Episode(
+        episode_id="synthetic", instruction="", joint_names=[f"j{i}" for i in range(n)],
+        times=np.arange(T) * 0.02, joint_positions=commands.astype(np.float32),
+        joint_velocities=np.zeros((T, n), np.float32), commands=commands.astype(np.float32),
+    )  # fmt: skip
+
+
+def test_idle_transitions_are_the_pause_not_the_final_hold():
+    """Move, pause 30 steps (with a tremor inside the tolerance), move, hold to the end: the
+    idle transitions are exactly those whose whole chunk lies in the pause."""
+    ramp = np.linspace(0, 1, 40)[:, None]
+    pause = np.full((30, 1), 1.0) + 0.004 * np.sin(np.arange(30))[:, None]
+    commands = np.concatenate([ramp, pause, 1 + ramp, np.full((50, 1), 2.0)])
+    commands = np.concatenate([commands, -commands], axis=1)
+    idle = idle_transitions(_commands_episode(commands), CHUNK, tolerance=0.01)
+    # the first ramp ends (t = 39) and the second starts (t = 70) at 1.0 too: still 39..70
+    assert np.flatnonzero(idle).tolist() == list(range(39, 70 - CHUNK + 2))
+    # a tremor above the tolerance is motion
+    assert not idle_transitions(_commands_episode(commands), CHUNK, tolerance=0.005)[45:55].any()
+    # a robot that never moves has no pause to drop
+    assert not idle_transitions(_commands_episode(np.zeros((30, 2))), CHUNK, 0.01).any()

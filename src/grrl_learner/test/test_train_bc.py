@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open
 
-from grrl_learner.dataset import save_keep_mask
+from grrl_common.robot import load_robot_description
+from grrl_learner.dataset import load_keep_mask, save_keep_mask
 from grrl_learner.episodes import read_dataset
+from grrl_learner.train_bc import drop_idle
 from grrl_policy.checkpoint import load_policy
 
 SMALL = ["--width", "64", "--layers", "2", "--chunk", "8", "--batch-size", "8", "--no-progress"]
@@ -89,10 +91,22 @@ def test_keep_mask_is_used_and_bad_input_gives_one_line(noisy_dataset: Path, tmp
              "--keep-mask", str(mask_file), "--mirror", *SMALL)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert load_policy(mirrored).meta["transitions"] == 2 * kept  # each sample and its mirror
+    # pauses dropped on top of the mask: what the core finds, counted in the checkpoint
+    robot = load_robot_description()
+    idle_mask, idle = drop_idle(episodes, load_keep_mask(mask_file), 8, 0.01, robot)  # SMALL
+    assert idle > 0
+    paused = tmp_path / "paused"
+    r = grrl("train-bc", "--data", str(noisy_dataset), "--out", str(paused), "--steps", "1",
+             "--keep-mask", str(mask_file), "--drop-idle", "0.01", *SMALL)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = load_policy(paused).meta
+    assert meta["idle_dropped"] == idle and meta["transitions"] == kept - idle
+    assert meta["transitions"] == sum(int(m.sum()) for m in idle_mask.values())
 
     for args, text in [
         (["--data", str(tmp_path / "missing")], "missing"),
         (["--data", str(noisy_dataset), "--keep-mask", str(tmp_path / "nope.json")], "nope.json"),
+        (["--data", str(noisy_dataset), "--drop-idle", "2"], "idle tolerance"),
     ]:
         r = grrl("train-bc", *args, "--out", str(tmp_path / "x"), "--steps", "1", *SMALL)
         assert r.returncode == 2, r.stderr[-2000:]

@@ -73,6 +73,15 @@ class Mistake:
 
 
 @dataclass
+class Hesitation:
+    """Ground truth of one pause: the arm held still from start_step to end_step (inclusive)."""
+
+    arm: str
+    start_step: int
+    end_step: int
+
+
+@dataclass
 class OperatorOutput:
     command: np.ndarray
     retry: bool = False  # the operator pressed "retry" at this step
@@ -142,12 +151,14 @@ class ScriptedOperator:
             self.arms[arm.name].max_step = robot.max_velocity[sl][:6] * task.control_dt
             self.arms[arm.name].gripper_step = robot.max_velocity[sl][6] * task.control_dt
         self.mistakes: list[Mistake] = []
+        self.hesitations: list[Hesitation] = []
 
     # --- episode ---------------------------------------------------------------------------
     def reset(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed + 7_919)
         cfg = self.config
         self.mistakes = []
+        self.hesitations = []
         self.step = 0
         self.done = False
         q = self.task.joint_positions()
@@ -251,11 +262,15 @@ class ScriptedOperator:
             if self._arrived(arm, tolerance):
                 break
             yield
-        yield from self._maybe_hesitate()
+        yield from self._maybe_hesitate(arm)
 
-    def _maybe_hesitate(self):
+    def _maybe_hesitate(self, arm: _Arm):
         if self.rng.random() < self.config.hesitation_probability:
-            yield from self._wait(self.rng.uniform(*self.config.hesitation_s))
+            pause = Hesitation(arm.name, self.step, self.step)
+            self.hesitations.append(pause)
+            for _ in self._wait(self.rng.uniform(*self.config.hesitation_s)):
+                pause.end_step = self.step  # so far: the episode may end inside the pause
+                yield
 
     def _gripper(self, arm: _Arm, value: float, seconds: float = 0.5):
         arm.gripper = value

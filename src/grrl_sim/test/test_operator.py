@@ -97,3 +97,31 @@ def test_clean_operator_keeps_the_peg_off_the_socket_rim_until_aligned(task):
                 break
         assert result.success
         assert closest_off_axis > 0.01, f"seed {seed}: tip {closest_off_axis * 1e3:.1f} mm"
+
+
+def test_hesitations_are_kept_as_ground_truth_and_hold_the_arm_still(task):
+    """Each recorded pause is a stretch of identical commands of its arm, as long as drawn."""
+    config = dataclasses.replace(
+        OperatorConfig.clean(), hesitation_probability=1.0, hesitation_s=(0.3, 0.6)
+    )
+    operator = ScriptedOperator(task, config)
+    task.reset(3)
+    operator.reset(3)
+    commands = []
+    for _ in range(task.config.episode_limit_steps):
+        command = operator.act().command
+        commands.append(command)
+        if task.step(command).done:
+            break
+    commands = np.array(commands)
+    assert len(operator.hesitations) >= 4  # one after every move of either arm
+    dt = task.control_dt
+    for pause in operator.hesitations:
+        assert 0 <= pause.start_step <= pause.end_step < len(commands)
+        steps = pause.end_step - pause.start_step + 1
+        if pause.end_step < len(commands) - 1:  # else the episode ended inside the pause
+            assert round(0.3 / dt) <= steps <= round(0.6 / dt)
+        arm = task.robot.arm_slice(pause.arm)
+        held = commands[pause.start_step : pause.end_step + 1, arm]
+        # the goal stands still; the target still homes in on it (arrival is within 1 mm)
+        assert np.abs(held - held[-1]).max() < 5e-3, pause

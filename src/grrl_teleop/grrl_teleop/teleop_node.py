@@ -292,7 +292,7 @@ class TeleopNode(Node):
         # Ground truth goes out as it changes, so the recorder has it before the episode ends.
         signature = [
             (m.kind, m.start_step, m.retry_step, m.end_step) for m in self._operator.mistakes
-        ]
+        ] + [(h.arm, h.start_step) for h in self._operator.hesitations]  # ends go out at END
         if signature != self._truth_sent:
             self._truth_sent = signature
             self._publish_truth(success=None)
@@ -375,6 +375,7 @@ class TeleopNode(Node):
             "success": success,
             "control_dt": self._shadow.control_dt,
             "mistakes": [m.__dict__ for m in self._operator.mistakes],
+            "hesitations": [h.__dict__ for h in self._operator.hesitations],
         }
         self._truth_pub.publish(String(data=json.dumps(truth)))
 
