@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--critic-minutes", type=float, default=4.0)
     add_drop_idle(parser, "every stage drops pause transitions, which the progress filter "
-                  "cannot see and a cloned policy stalls in")  # fmt: skip
+                  "cannot see")  # fmt: skip
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -84,9 +84,9 @@ def idle_transitions(episode: Episode, chunk: int, tolerance: np.ndarray) -> np.
 
     Still means every command of the chunk stays within ``tolerance`` (robot units, per joint
     or one for all) of a_t. The episode's last still run is not idle: it is the hold that ends
-    the task, not a pause. Why drop pauses: with a state observation, a settled robot in a pause
-    looks the same at every step, so a cloned policy that learnt "stay" there never leaves
-    (the progress filter cannot see them: progress stalls in a pause but does not fall).
+    the task, not a pause. The progress filter cannot see pauses (progress stops rising in one
+    but does not fall), and with a state observation a settled robot looks the same at every
+    step of a pause, so cloned "stay" actions can hold a policy there.
     """
     commands = padded_commands(episode, chunk)
     windows = np.lib.stride_tricks.sliding_window_view(commands, chunk, axis=0)[: len(episode)]
