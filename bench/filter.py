@@ -95,6 +95,7 @@ def main() -> None:
             "frame_precision": r3(best["frame_precision"]),
             "frame_recall": r3(best["frame_recall"]),
             "dropped_fraction": r3(best["dropped_fraction"]),
+            "pause_recall": r3(best.get("pause_recall")),  # of the operator's pauses
         }
         if kind == "distributional":
             dropped = r3(best["dropped_fraction"])

@@ -137,6 +137,21 @@ def mistake_spans(
     return out
 
 
+def pause_spans(
+    ground_truth: dict[str, Any] | None, length: int, lead: int = 0
+) -> list[Span] | None:
+    """The operator's pauses (``hesitations``) as inclusive step spans clipped to the episode,
+    or None when the ground truth lists none (older recordings). ``lead`` as for mistakes."""
+    if not isinstance(ground_truth, dict) or not isinstance(ground_truth.get("hesitations"), list):
+        return None
+    out: list[Span] = []
+    for h in ground_truth["hesitations"]:
+        start, end = int(h.get("start_step", -1)), int(h.get("end_step", -1))
+        if 0 <= start < length:
+            out.append((max(0, start - lead), min(max(start, end), length - 1)))
+    return out
+
+
 def _overlaps(span: Span, others: Sequence[Span]) -> bool:
     return any(span[0] <= b and a <= span[1] for a, b in others)
 
@@ -155,9 +170,16 @@ class Scores:
     dropped_frames: int = 0  # all episodes
     frames: int = 0
     scored_episodes: int = 0
+    # the operator's pauses, which the rule cannot see (progress stalls but does not fall)
+    pauses: int = 0
+    pauses_dropped: int = 0  # with at least one dropped transition
 
-    def add(self, drop: np.ndarray, truth: list[Span] | None) -> None:
+    def add(
+        self, drop: np.ndarray, truth: list[Span] | None, pauses: list[Span] | None = None
+    ) -> None:
         drop = np.asarray(drop, dtype=bool)
+        self.pauses += len(pauses or ())
+        self.pauses_dropped += sum(bool(drop[a : b + 1].any()) for a, b in pauses or ())
         self.frames += drop.size
         self.dropped_frames += int(drop.sum())
         if truth is None:
@@ -193,6 +215,8 @@ class Scores:
         m["dropped_fraction"] = self._ratio(self.dropped_frames, self.frames)
         m["mistakes"] = self.mistakes
         m["scored_episodes"] = self.scored_episodes
+        m["pauses"] = self.pauses
+        m["pause_recall"] = self._ratio(self.pauses_dropped, self.pauses)
         return m
 
 
@@ -221,6 +245,7 @@ class EpisodeResult:
     drop: np.ndarray
     retry_steps: list[int]
     truth: list[Span] | None
+    pauses: list[Span] | None = None
 
 
 def episode_drop(
@@ -260,15 +285,17 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
             episode_drop(rho, episode.success, horizon, cfg.delta, cfg.drop_failed),
             list(episode.retry_steps),
             mistake_spans(episode.ground_truth, len(episode), cfg.truth_until, truth_lead),
+            pause_spans(episode.ground_truth, len(episode), truth_lead),
         ))  # fmt: skip
     scores = Scores()
     for r in results:
-        scores.add(r.drop, r.truth)
+        scores.add(r.drop, r.truth, r.pauses)
     sweep = []
     for delta in sorted(set(cfg.sweep)):
         s = Scores()
         for r in results:
-            s.add(episode_drop(r.rho, r.success, horizon, delta, cfg.drop_failed), r.truth)
+            drop = episode_drop(r.rho, r.success, horizon, delta, cfg.drop_failed)
+            s.add(drop, r.truth, r.pauses)
         sweep.append({"delta": delta, **s.metrics()})
     mask_path = out / KEEP_MASK_NAME
     save_keep_mask(mask_path, {r.episode_id: ~r.drop for r in results})
@@ -375,6 +402,13 @@ def write_index(path: Path, summary: dict[str, Any], results: list[EpisodeResult
             f"{_fmt(summary['frame_f1'])} |",
             "",
         ]
+        if summary["pauses"]:
+            lines += [
+                f"The operator's {summary['pauses']} pauses: {_fmt(summary['pause_recall'])} have "
+                "a dropped transition. Progress stalls in a pause but does not fall, so the rule "
+                "does not see one (`grrl train-bc --drop-idle` drops pauses).",
+                "",
+            ]
     else:
         lines += ["No ground truth in these episodes: detection is not scored.", ""]
     if summary["sweep"]:
@@ -414,6 +448,8 @@ def summary_line(summary: dict[str, Any]) -> str:
             f"{_fmt(summary['span_recall'])}, frame precision "
             f"{_fmt(summary['frame_precision'])} recall {_fmt(summary['frame_recall'])}"
         )
+    if summary.get("pauses"):
+        text += f"; pauses with a drop {_fmt(summary['pause_recall'])} of {summary['pauses']}"
     return text
 
 
@@ -423,6 +459,7 @@ __all__ = [
     "Scores",
     "episode_progress",
     "mistake_spans",
+    "pause_spans",
     "run_filter",
     "spans",
     "suboptimal",

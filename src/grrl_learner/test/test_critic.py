@@ -25,6 +25,7 @@ from grrl_learner.progress_filter import (
     Scores,
     episode_progress,
     mistake_spans,
+    pause_spans,
     spans,
     suboptimal,
 )
@@ -142,6 +143,16 @@ def test_filter_rule_spans_and_scores_on_a_synthetic_progress():
     assert m["span_precision"] == 0.5 and m["span_recall"] == 0.5  # (2,3) hits, (6,6) misses
     assert m["frame_precision"] == pytest.approx(2 / 3) and m["frame_recall"] == pytest.approx(0.4)
     assert m["dropped_fraction"] == pytest.approx(4 / 11)
+    assert m["pauses"] == 0 and m["pause_recall"] is None  # no pauses listed: not scored
+    # the operator's pauses: one overlapped by the drop at (2, 3), one not
+    pauses = pause_spans({"hesitations": [{"arm": "left", "start_step": 3, "end_step": 5},
+                                          {"arm": "right", "start_step": 7, "end_step": 8},
+                                          {"arm": "right", "start_step": 12, "end_step": 14}]},
+                         len(rho))  # fmt: skip
+    assert pauses == [(3, 5), (7, 8)]  # clipped: the third starts after the episode
+    assert pause_spans({"mistakes": []}, 9) is None
+    scores.add(drop, truth, pauses)
+    assert scores.metrics()["pauses"] == 2 and scores.metrics()["pause_recall"] == 0.5
 
 
 def test_checkpoint_round_trip_and_deterministic_training(tmp_path: Path):
