@@ -55,15 +55,23 @@ def _up(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     """Record demonstrations: sim + scripted operator + teleop + recorder, in one process."""
+    from grrl_common.errors import GrrlError
     from grrl_common.runtime import run_nodes
+    from grrl_sim.operator import OperatorConfig
 
     if not args.sim:
         raise NodeListError("collect needs --sim (a real robot records with robot.launch.py)")
+    operator_overrides = ",".join(args.operator_set)
+    try:  # checked here, so that a typo fails in one line before any node starts
+        OperatorConfig().with_overrides(operator_overrides)
+    except ValueError as exc:
+        raise GrrlError(str(exc)) from None
     plan = plan_graph(["teleop", "record"], sim=True)
     overrides = plan.overrides
     overrides["sim_node"].update(pacing="fast", obs_mode=args.obs)
     overrides["teleop_node"].update(device="scripted", episodes=args.episodes, seed=args.seed,
-                                    operator=args.operator)  # fmt: skip
+                                    operator=args.operator,
+                                    operator_overrides=operator_overrides)  # fmt: skip
     overrides["recorder_node"].update(dataset_dir=str(args.out), episodes=args.episodes)
     entries = select(load_node_list(), plan.groups)
     return run_nodes(_factories(entries, overrides), exit_when_done=True)
@@ -153,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     collect.add_argument("--obs", choices=["pixels", "state"], default="pixels")
     collect.add_argument("--operator", choices=["noisy", "clean"], default="noisy")
+    collect.add_argument(
+        "--operator-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one field of the operator's config, e.g. jitter_m=0 (repeatable; a range "
+        "as low:high)",
+    )
     collect.set_defaults(func=_collect)
 
     from grrl_learner.cli import (

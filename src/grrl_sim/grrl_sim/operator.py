@@ -15,6 +15,7 @@ as an input device and ``grrl_sim`` benchmarks use it directly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +50,29 @@ class OperatorConfig:
     @classmethod
     def clean(cls) -> OperatorConfig:
         return cls()
+
+    def with_overrides(self, spec: str) -> OperatorConfig:
+        """This config with ``"name=value,name=value"`` applied (a range as ``low:high``), e.g.
+        ``"jitter_m=0"``: the noisy operator without its tremor. ValueError names the fields."""
+        changes: dict[str, float | tuple[float, float]] = {}
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, value = item.partition("=")
+            name = name.strip()
+            if name not in fields or not value:
+                raise ValueError(
+                    f"operator override {item!r}: expected name=value with a name among "
+                    f"{', '.join(fields)}"
+                )
+            try:
+                if isinstance(getattr(self, name), tuple):
+                    low, high = (float(v) for v in value.split(":"))
+                    changes[name] = (low, high)
+                else:
+                    changes[name] = float(value)
+            except ValueError:
+                raise ValueError(f"operator override {item!r}: not a number") from None
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def noisy(cls) -> OperatorConfig:

@@ -125,3 +125,18 @@ def test_hesitations_are_kept_as_ground_truth_and_hold_the_arm_still(task):
         held = commands[pause.start_step : pause.end_step + 1, arm]
         # the goal stands still; the target still homes in on it (arrival is within 1 mm)
         assert np.abs(held - held[-1]).max() < 5e-3, pause
+
+
+def test_operator_config_overrides_name_their_fields():
+    noisy = OperatorConfig.noisy()
+    quiet = noisy.with_overrides("jitter_m=0, hesitation_s=0.1:0.2")
+    assert quiet.jitter_m == 0.0 and quiet.hesitation_s == (0.1, 0.2)
+    assert (
+        dataclasses.replace(quiet, jitter_m=noisy.jitter_m, hesitation_s=noisy.hesitation_s)
+        == noisy
+    )
+    assert noisy.with_overrides("") == noisy
+    with pytest.raises(ValueError, match="jitter_m"):  # the message lists the valid names
+        noisy.with_overrides("jiter_m=0")
+    with pytest.raises(ValueError, match="not a number"):
+        noisy.with_overrides("jitter_m=lots")

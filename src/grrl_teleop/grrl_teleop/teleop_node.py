@@ -59,6 +59,8 @@ class TeleopNode(Node):
                       0, 10**6),
                 Param("seed", 0, "Scripted device: seed of the first episode.", 0, 2**31 - 1),
                 Param("operator", "noisy", "Scripted device: 'noisy' or 'clean' operator."),
+                Param("operator_overrides", "", "Scripted device: fields of the operator's "
+                      "config to change, 'name=value,...' (e.g. 'jitter_m=0')."),
                 Param("speed_margin", 1.5, "Reject commands faster than this × velocity limit.",
                       1.0, 10.0),
                 Param("device_map", "", "Device map YAML ('' = the package's default)."),
@@ -214,6 +216,7 @@ class TeleopNode(Node):
         # operator looks at it (objects, grippers) to decide its next command.
         self._shadow = InsertionTask(TaskConfig(), self.robot)
         config = OperatorConfig.noisy() if p["operator"] == "noisy" else OperatorConfig.clean()
+        config = config.with_overrides(p["operator_overrides"])
         self._operator = ScriptedOperator(self._shadow, config)
         self._episodes_wanted = p["episodes"]
         self._next_seed = p["seed"]
