@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 
 from rclpy.node import Node
 from rosbags.rosbag2 import Reader
@@ -126,6 +127,13 @@ def test_grrl_collect_records_sim_episodes(tmp_path, start_process, executable_p
                 assert pause["arm"] in ("left", "right")
                 assert 0 <= pause["start_step"] <= pause["end_step"]
     assert sum(e["success"] for e in index.values()) >= 2
+    # a mistyped operator override fails in one line, before any node starts
+    bad = subprocess.run(
+        [executable_path("grrl_bringup", "grrl"), "collect", "--sim", "--out", str(tmp_path / "x"),
+         "--operator-set", "jiter_m=0"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "jitter_m" in bad.stderr and not (tmp_path / "x").exists()
 
 
 def test_gamepad_teleop_moves_the_sim_and_labels_the_episode(

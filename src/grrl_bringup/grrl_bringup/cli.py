@@ -70,8 +70,9 @@ def _collect(args: argparse.Namespace) -> int:
     overrides = plan.overrides
     overrides["sim_node"].update(pacing="fast", obs_mode=args.obs)
     overrides["teleop_node"].update(device="scripted", episodes=args.episodes, seed=args.seed,
-                                    operator=args.operator,
-                                    operator_overrides=operator_overrides)  # fmt: skip
+                                    operator=args.operator)  # fmt: skip
+    if operator_overrides:  # an empty string is not a valid ROS parameter override
+        overrides["teleop_node"]["operator_overrides"] = operator_overrides
     overrides["recorder_node"].update(dataset_dir=str(args.out), episodes=args.episodes)
     entries = select(load_node_list(), plan.groups)
     return run_nodes(_factories(entries, overrides), exit_when_done=True)
