@@ -15,9 +15,8 @@ as an input device and ``grrl_sim`` benchmarks use it directly.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import mujoco
 import numpy as np
@@ -55,14 +54,14 @@ class OperatorConfig:
         """This config with ``"name=value,name=value"`` applied (a range as ``low:high``), e.g.
         ``"jitter_m=0"``: the noisy operator without its tremor. ValueError names the fields."""
         changes: dict[str, float | tuple[float, float]] = {}
-        fields = {f.name: f for f in dataclasses.fields(self)}
+        names = [f.name for f in fields(self)]
         for item in filter(None, (part.strip() for part in spec.split(","))):
             name, _, value = item.partition("=")
             name = name.strip()
-            if name not in fields or not value:
+            if name not in names or not value:
                 raise ValueError(
                     f"operator override {item!r}: expected name=value with a name among "
-                    f"{', '.join(fields)}"
+                    f"{', '.join(names)}"
                 )
             try:
                 if isinstance(getattr(self, name), tuple):
@@ -72,7 +71,7 @@ class OperatorConfig:
                     changes[name] = float(value)
             except ValueError:
                 raise ValueError(f"operator override {item!r}: not a number") from None
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)
 
     @classmethod
     def noisy(cls) -> OperatorConfig:
