@@ -4,6 +4,7 @@ and ``grrl collect`` end to end."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 
@@ -127,6 +128,9 @@ def test_grrl_collect_records_sim_episodes(tmp_path, start_process, executable_p
                 assert pause["arm"] in ("left", "right")
                 assert 0 <= pause["start_step"] <= pause["end_step"]
     assert sum(e["success"] for e in index.values()) >= 2
+    # state observations publish no camera frames, so none count as dropped
+    statuses = re.findall(r"\[rec\] episode_\d+ .* dropped~(\d+)", collect.text())
+    assert statuses and set(statuses) == {"0"}, collect.text()
     # a mistyped operator override fails in one line, before any node starts
     bad = subprocess.run(
         [executable_path("grrl_bringup", "grrl"), "collect", "--sim", "--out", str(tmp_path / "x"),

@@ -185,9 +185,10 @@ class RecorderNode(Node):
         dropped = 0
         if record is not None:
             for cam in self.robot.cameras.values():
-                expected = int(elapsed * cam.rate_hz)
                 got = counts[cam.topic].messages if cam.topic in counts else 0
-                dropped += max(0, expected - got - 1)
+                if got == 0:  # not published (state observations): nothing to drop
+                    continue
+                dropped += max(0, int(elapsed * cam.rate_hz) - got - 1)
         shown = ", ".join(
             f"{t.rsplit('/', 2)[-2] if t.endswith('image_raw') else t.rsplit('/', 1)[-1]}"
             f" {n / period:.0f}Hz"
