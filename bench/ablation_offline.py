@@ -3,7 +3,9 @@
     python bench/ablation_offline.py --episodes 200 --work runs/bench_filter --minutes 8
 
 Uses ``bench/filter.py``'s work directory: the noisy demos and the distributional critic's keep
-mask at its best δ (runs that benchmark first, distributional only, when they are missing).
+mask at its best δ (runs that benchmark first, distributional only, when they are missing), or
+the keep mask of another ``grrl filter`` report (``--filter DIR``); the JSON names the mask's δ,
+horizon and dropped fraction.
 Each BC policy trains under the same wall-time budget and is scored on ``--eval-episodes``
 held-out seeds through the deployment smoother (``grrl eval``): success with its Wilson CI and
 per-stage success, like the paper's figure. ``--drop-idle`` drops pause transitions in every
@@ -34,6 +36,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="BC schedule length")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--critic-minutes", type=float, default=4.0)
+    parser.add_argument("--filter", default=None,
+                        help="grrl filter report whose keep mask the filtered stages use "
+                        "(default: --work/filter_distributional)")  # fmt: skip
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="filter look-ahead when the filter bench runs first")  # fmt: skip
     add_drop_idle(parser, "every stage drops pause transitions, which the progress filter "
                   "cannot see")  # fmt: skip
     parser.add_argument(
@@ -48,16 +55,22 @@ def main() -> None:
         sys.exit("bench/ablation_offline.py: grrl is not on PATH (source env.sh)")
     work = Path(args.work)
     data = work / f"noisy{args.episodes}"
-    mask = work / "filter_distributional" / "keep_mask.json"
+    report = Path(args.filter) if args.filter else work / "filter_distributional"
+    mask = report / "keep_mask.json"
     if not mask.exists():
+        if args.filter:
+            sys.exit(f"bench/ablation_offline.py: {mask} does not exist (run grrl filter)")
+        horizon = [] if args.horizon is None else ["--horizon", str(args.horizon)]
         run_step([sys.executable, str(HERE / "filter.py"), "--episodes", str(args.episodes),
                   "--work", str(work), "--kinds", "distributional",
-                  "--minutes", str(args.critic_minutes)])  # fmt: skip
+                  "--minutes", str(args.critic_minutes), *horizon])  # fmt: skip
+    summary = json.loads((report / "summary.json").read_text())
     stages = {"bc": [], "filtered": ["--keep-mask", str(mask)],
               "mirror": ["--keep-mask", str(mask), "--mirror"]}  # fmt: skip
     idle = [] if args.drop_idle is None else ["--drop-idle", str(args.drop_idle)]
+    used = {k: summary[k] for k in ("delta", "horizon", "dropped_fraction")}
     result: dict = {"bench": "ablation_offline", "demos": args.episodes,
-                    "drop_idle": args.drop_idle}  # fmt: skip
+                    "drop_idle": args.drop_idle, "filter": used}  # fmt: skip
     for name, extra in stages.items():
         ckpt = work / (f"policy_{name}" + ("_idle" if idle else ""))
         extra = [*extra, *idle]
@@ -65,12 +78,12 @@ def main() -> None:
         run_step([grrl, "train-bc", "--data", str(data), "--out", str(ckpt), *start,
                   "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--no-progress",
                   *extra])  # fmt: skip
-        summary = last_json_line(
+        evaluation = last_json_line(
             run_step([grrl, "eval", "--policy", str(ckpt), "--episodes", str(args.eval_episodes)])
         )
         meta = json.loads((ckpt / "config.json").read_text())["meta"]
-        result[name] = {"success": summary["success"], "ci": summary["ci"],
-                        "stages": summary["stages"], "train_steps": meta["step"],
+        result[name] = {"success": evaluation["success"], "ci": evaluation["ci"],
+                        "stages": evaluation["stages"], "train_steps": meta["step"],
                         "transitions": meta["transitions"],
                         "idle_dropped": meta.get("idle_dropped", 0)}  # fmt: skip
     result.update(machine())

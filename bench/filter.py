@@ -13,7 +13,8 @@ Spans are in transitions (``--truth-from chunk``, the filter's default): a mista
 first transition whose k-step action chunk carries its first wrong command.
 ``dropped_fraction`` is the distributional critic's at its best δ; its report directory
 (``--work``/filter_distributional: keep mask, PNGs, index.md) is written with that δ.
-Prints one JSON line.
+``--horizon`` sets the rule's look-ahead (default: the critic's chunk k); a longer one drops
+more of each slow mistake (see docs/BENCHMARKS.md). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--train-args", default="", help="extra train-critic arguments")
     parser.add_argument("--truth-from", choices=("chunk", "step"), default="chunk",
                         help="mistake spans in transitions (chunk) or command steps")  # fmt: skip
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="filter look-ahead in steps (default: the chunk k)")  # fmt: skip
     args = parser.parse_args()
 
     grrl = shutil.which("grrl")
@@ -70,6 +73,7 @@ def main() -> None:
                   "--operator", "noisy", "--seed", "0", "--out", str(data)])  # fmt: skip
         collect_minutes = (time.monotonic() - started) / 60
     result: dict = {"bench": "filter", "demos": args.episodes, "truth_from": args.truth_from}
+    horizon = [] if args.horizon is None else ["--horizon", str(args.horizon)]
     timing: dict[str, float] = {}
     steps: dict[str, int] = {}
     dropped = None
@@ -83,7 +87,7 @@ def main() -> None:
         steps[kind] = json.loads((ckpt / "config.json").read_text())["meta"]["step"]
         report = work / f"filter_{kind}"
         run_step([grrl, "filter", "--data", str(data), "--critic", str(ckpt), "--out", str(report),
-                  "--sweep", args.deltas, "--truth-from", args.truth_from,
+                  "--sweep", args.deltas, "--truth-from", args.truth_from, *horizon,
                   "--no-plots"])  # fmt: skip
         summary = json.loads((report / "summary.json").read_text())
         best = best_row(summary["sweep"])
@@ -102,9 +106,11 @@ def main() -> None:
             # the report BC would use: keep mask and plots at the chosen δ
             run_step([grrl, "filter", "--data", str(data), "--critic", str(ckpt),
                       "--out", str(report), "--delta", str(best["delta"]),
-                      "--sweep", args.deltas, "--truth-from", args.truth_from])  # fmt: skip
+                      "--sweep", args.deltas, "--truth-from", args.truth_from,
+                      *horizon])  # fmt: skip
     result.update({
         "dropped_fraction": dropped,
+        "horizon": summary["horizon"],
         "mistakes": summary["mistakes"],
         "train_minutes": timing,
         "train_steps": steps,
