@@ -65,6 +65,11 @@ def main() -> None:
                   "--work", str(work), "--kinds", "distributional",
                   "--minutes", str(args.critic_minutes), *horizon])  # fmt: skip
     summary = json.loads((report / "summary.json").read_text())
+    if args.horizon is not None and summary["horizon"] != args.horizon:
+        sys.exit(
+            f"bench/ablation_offline.py: {mask} was written with look-ahead "
+            f"{summary['horizon']}, not {args.horizon} (remove it, or pass --filter)"
+        )
     stages = {"bc": [], "filtered": ["--keep-mask", str(mask)],
               "mirror": ["--keep-mask", str(mask), "--mirror"]}  # fmt: skip
     idle = [] if args.drop_idle is None else ["--drop-idle", str(args.drop_idle)]
