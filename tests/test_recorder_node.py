@@ -94,6 +94,43 @@ def test_recorder_keeps_finished_episodes_and_flushed_tail_after_kill_9(
     assert positions == sorted(positions)  # an unbroken prefix of what was published
 
 
+def test_status_line_counts_drops_only_for_cameras_that_publish(tmp_path, executor, ros_context):
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from grrl_teleop.recorder_node import RecorderNode
+
+    recorder = RecorderNode(
+        context=ros_context,
+        parameter_overrides=[Parameter("dataset_dir", value=str(tmp_path)),
+                             Parameter("status_period_s", value=0.0)],
+    )  # fmt: skip
+    executor.add_node(recorder)
+    head = next(iter(recorder.robot.cameras.values()))  # the others never publish here
+    assert len(recorder.robot.cameras) > 1
+    node = Node("recorder_status_client", context=ros_context)
+    executor.add_node(node)
+    events = node.create_publisher(EpisodeEvent, contract.EPISODE_EVENT,
+                                   qos_profile(QosKind.LATCHED))  # fmt: skip
+    frames = node.create_publisher(Image, head.topic, qos_profile(QosKind.SENSOR))
+    assert spin_until(executor, lambda: frames.get_subscription_count() > 0, 30)
+    events.publish(_event(node, EpisodeEvent.START, "cam", 1))
+    assert spin_until(executor, lambda: recorder._bag is not None, 10)
+    for _ in range(2):
+        frames.publish(Image(height=1, width=1, encoding="rgb8", step=3, data=[0, 0, 0]))
+
+    def frames_recorded() -> int:
+        counts = recorder._bag.counts if recorder._bag else {}
+        return counts[head.topic].messages if head.topic in counts else 0
+
+    assert spin_until(executor, lambda: frames_recorded() == 2, 10)
+    pattern = r"cam\s+([\d.]+)s .* dropped~(\d+)"
+    # the head camera then falls silent: its missing frames count, the silent cameras' do not
+    assert spin_until(executor, lambda: int(re.search(pattern, recorder.status_line())[2]) >= 5, 10)
+    elapsed, dropped = re.search(pattern, recorder.status_line()).groups()
+    assert 5 <= int(dropped) <= (float(elapsed) + 0.05) * head.rate_hz - 2
+
+
 def test_grrl_collect_records_sim_episodes(tmp_path, start_process, executable_path):
     out = tmp_path / "demos"
     collect = start_process(

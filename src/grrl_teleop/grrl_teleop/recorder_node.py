@@ -65,6 +65,9 @@ class RecorderNode(Node):
         self._started_wall = 0.0
         self._closed_episodes = 0
         self._rates: dict[str, int] = {}
+        # cameras that have delivered a frame since start: only they can drop frames (with
+        # state observations none publishes), and one that falls silent then counts as dropping
+        self._publishing_cameras: set[str] = set()
         self._instruction = ""
         self.done = threading.Event()
         self.exit_code = 0
@@ -186,9 +189,10 @@ class RecorderNode(Node):
         if record is not None:
             for cam in self.robot.cameras.values():
                 got = counts[cam.topic].messages if cam.topic in counts else 0
-                if got == 0:  # not published (state observations): nothing to drop
-                    continue
-                dropped += max(0, int(elapsed * cam.rate_hz) - got - 1)
+                if got:
+                    self._publishing_cameras.add(cam.topic)
+                if cam.topic in self._publishing_cameras:
+                    dropped += max(0, int(elapsed * cam.rate_hz) - got - 1)
         shown = ", ".join(
             f"{t.rsplit('/', 2)[-2] if t.endswith('image_raw') else t.rsplit('/', 1)[-1]}"
             f" {n / period:.0f}Hz"
