@@ -11,6 +11,12 @@ held-out seeds through the deployment smoother (``grrl eval``): success with its
 per-stage success, like the paper's figure. ``--drop-idle`` drops pause transitions in every
 stage alike (``grrl train-bc --drop-idle``), so that the stages still differ only by the
 progress filter and the mirror; its checkpoints are ``policy_<stage>_idle``.
+
+``--stages`` picks the stages to run (default ``bc,filtered,mirror``). The extra stage
+``oracle`` trains on the sim's ground truth instead of the critic: its keep mask drops every
+injected mistake (from k − 1 steps before it starts, where the first chunk reaching into it
+begins, to the operator's retry press) and every operator pause. It is the most any progress
+filter could remove from these demos, so it bounds what filtering can buy on them.
 """
 
 from __future__ import annotations
@@ -21,11 +27,37 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from steps import last_json_line, machine, run_step
 
 from grrl_learner.cli import add_drop_idle
+from grrl_learner.dataset import save_keep_mask
+from grrl_learner.episodes import read_dataset
+from grrl_learner.progress_filter import mistake_spans, pause_spans
+from grrl_learner.train_bc import TrainConfig
 
 HERE = Path(__file__).resolve().parent
+STAGES = ("bc", "oracle", "filtered", "mirror")
+
+
+def write_oracle_mask(data: Path, path: Path, chunk: int) -> dict[str, float]:
+    """Keep mask from the sim's ground truth: drop each mistake (from ``chunk`` − 1 steps
+    before its start to the retry press) and each pause; the dropped fraction."""
+    masks, dropped, total = {}, 0, 0
+    for episode in read_dataset(data, load_images=False):
+        n = len(episode)
+        mistakes = mistake_spans(episode.ground_truth, n, until="retry", lead=chunk - 1)
+        pauses = pause_spans(episode.ground_truth, n)
+        if mistakes is None or pauses is None:
+            sys.exit(f"bench/ablation_offline.py: {episode.episode_id} has no ground truth of "
+                     "mistakes and pauses (not recorded by the sim's noisy operator?)")  # fmt: skip
+        keep = np.ones(n, dtype=bool)
+        for first, last in [*mistakes, *pauses]:
+            keep[first : last + 1] = False
+        masks[episode.episode_id] = keep
+        dropped, total = dropped + int((~keep).sum()), total + n
+    save_keep_mask(path, masks)
+    return {"dropped_fraction": round(dropped / max(total, 1), 4)}
 
 
 def main() -> None:
@@ -39,6 +71,8 @@ def main() -> None:
     parser.add_argument("--filter", default=None,
                         help="grrl filter report whose keep mask the filtered stages use "
                         "(default: --work/filter_distributional)")  # fmt: skip
+    parser.add_argument("--stages", default="bc,filtered,mirror",
+                        help=f"comma-separated stages to run, of {', '.join(STAGES)}")  # fmt: skip
     parser.add_argument("--horizon", type=int, default=None,
                         help="filter look-ahead when the filter bench runs first")  # fmt: skip
     add_drop_idle(parser, "every stage drops pause transitions, which the progress filter "
@@ -53,29 +87,42 @@ def main() -> None:
     grrl = shutil.which("grrl")
     if grrl is None:
         sys.exit("bench/ablation_offline.py: grrl is not on PATH (source env.sh)")
+    wanted = [name.strip() for name in args.stages.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(STAGES))
+    if unknown or not wanted:
+        sys.exit(f"bench/ablation_offline.py: --stages: unknown {unknown or 'none given'} "
+                 f"(choose from {', '.join(STAGES)})")  # fmt: skip
     work = Path(args.work)
     data = work / f"noisy{args.episodes}"
-    report = Path(args.filter) if args.filter else work / "filter_distributional"
-    mask = report / "keep_mask.json"
-    if not mask.exists():
-        if args.filter:
-            sys.exit(f"bench/ablation_offline.py: {mask} does not exist (run grrl filter)")
-        horizon = [] if args.horizon is None else ["--horizon", str(args.horizon)]
-        run_step([sys.executable, str(HERE / "filter.py"), "--episodes", str(args.episodes),
-                  "--work", str(work), "--kinds", "distributional",
-                  "--minutes", str(args.critic_minutes), *horizon])  # fmt: skip
-    summary = json.loads((report / "summary.json").read_text())
-    if args.horizon is not None and summary["horizon"] != args.horizon:
-        sys.exit(
-            f"bench/ablation_offline.py: {mask} was written with look-ahead "
-            f"{summary['horizon']}, not {args.horizon} (remove it, or pass --filter)"
-        )
-    stages = {"bc": [], "filtered": ["--keep-mask", str(mask)],
-              "mirror": ["--keep-mask", str(mask), "--mirror"]}  # fmt: skip
-    idle = [] if args.drop_idle is None else ["--drop-idle", str(args.drop_idle)]
-    used = {k: summary[k] for k in ("delta", "horizon", "dropped_fraction")}
     result: dict = {"bench": "ablation_offline", "demos": args.episodes,
-                    "drop_idle": args.drop_idle, "filter": used}  # fmt: skip
+                    "drop_idle": args.drop_idle}  # fmt: skip
+    stages: dict[str, list[str]] = {}
+    if {"filtered", "mirror"} & set(wanted):
+        report = Path(args.filter) if args.filter else work / "filter_distributional"
+        mask = report / "keep_mask.json"
+        if not mask.exists():
+            if args.filter:
+                sys.exit(f"bench/ablation_offline.py: {mask} does not exist (run grrl filter)")
+            horizon = [] if args.horizon is None else ["--horizon", str(args.horizon)]
+            run_step([sys.executable, str(HERE / "filter.py"), "--episodes", str(args.episodes),
+                      "--work", str(work), "--kinds", "distributional",
+                      "--minutes", str(args.critic_minutes), *horizon])  # fmt: skip
+        summary = json.loads((report / "summary.json").read_text())
+        if args.horizon is not None and summary["horizon"] != args.horizon:
+            sys.exit(
+                f"bench/ablation_offline.py: {mask} was written with look-ahead "
+                f"{summary['horizon']}, not {args.horizon} (remove it, or pass --filter)"
+            )
+        result["filter"] = {k: summary[k] for k in ("delta", "horizon", "dropped_fraction")}
+        stages["filtered"] = ["--keep-mask", str(mask)]
+        stages["mirror"] = ["--keep-mask", str(mask), "--mirror"]
+    if "oracle" in wanted:
+        oracle_mask = work / "oracle_keep_mask.json"
+        result["oracle_mask"] = write_oracle_mask(data, oracle_mask, TrainConfig.chunk)
+        stages["oracle"] = ["--keep-mask", str(oracle_mask)]
+    stages["bc"] = []
+    stages = {name: stages[name] for name in STAGES if name in wanted}
+    idle = [] if args.drop_idle is None else ["--drop-idle", str(args.drop_idle)]
     for name, extra in stages.items():
         ckpt = work / (f"policy_{name}" + ("_idle" if idle else ""))
         extra = [*extra, *idle]

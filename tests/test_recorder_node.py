@@ -25,6 +25,19 @@ def _event(node: Node, kind: int, episode_id: str, sec: int, success: bool = Fal
     return event
 
 
+def _client(executor, ros_context, name: str, topic: str, msg_type: type):
+    """A test node with the latched episode-event publisher and a SENSOR publisher on
+    ``topic``, once the recorder subscribes to both."""
+    node = Node(name, context=ros_context)
+    executor.add_node(node)
+    events = node.create_publisher(EpisodeEvent, contract.EPISODE_EVENT,
+                                   qos_profile(QosKind.LATCHED))  # fmt: skip
+    publisher = node.create_publisher(msg_type, topic, qos_profile(QosKind.SENSOR))
+    assert spin_until(executor, lambda: publisher.get_subscription_count() > 0, 30)
+    assert spin_until(executor, lambda: events.get_subscription_count() > 0, 30)
+    return node, events, publisher
+
+
 def _index(path) -> dict:
     return {e["episode_id"]: e for e in json.loads((path / "index.json").read_text())["episodes"]}
 
@@ -38,13 +51,9 @@ def test_recorder_keeps_finished_episodes_and_flushed_tail_after_kill_9(
         "-p", "status_period_s:=0.0",
     )  # fmt: skip
     assert recorder.wait_for("recording", timeout=30), recorder.text()
-    node = Node("recorder_test_client", context=ros_context)
-    executor.add_node(node)
-    events = node.create_publisher(EpisodeEvent, contract.EPISODE_EVENT,
-                                   qos_profile(QosKind.LATCHED))  # fmt: skip
-    states = node.create_publisher(JointState, contract.JOINT_STATES, qos_profile(QosKind.SENSOR))
-    assert spin_until(executor, lambda: states.get_subscription_count() > 0, 30)
-    assert spin_until(executor, lambda: events.get_subscription_count() > 0, 30)
+    node, events, states = _client(
+        executor, ros_context, "recorder_test_client", contract.JOINT_STATES, JointState
+    )
 
     # episode 1: start, two retry presses, a few joint states, end with success
     events.publish(_event(node, EpisodeEvent.START, "ep1", 100))
@@ -108,12 +117,9 @@ def test_status_line_counts_drops_only_for_cameras_that_publish(tmp_path, execut
     executor.add_node(recorder)
     head = next(iter(recorder.robot.cameras.values()))  # the others never publish here
     assert len(recorder.robot.cameras) > 1
-    node = Node("recorder_status_client", context=ros_context)
-    executor.add_node(node)
-    events = node.create_publisher(EpisodeEvent, contract.EPISODE_EVENT,
-                                   qos_profile(QosKind.LATCHED))  # fmt: skip
-    frames = node.create_publisher(Image, head.topic, qos_profile(QosKind.SENSOR))
-    assert spin_until(executor, lambda: frames.get_subscription_count() > 0, 30)
+    node, events, frames = _client(
+        executor, ros_context, "recorder_status_client", head.topic, Image
+    )
     events.publish(_event(node, EpisodeEvent.START, "cam", 1))
     assert spin_until(executor, lambda: recorder._bag is not None, 10)
     for _ in range(2):
