@@ -12,11 +12,12 @@ per-stage success, like the paper's figure. ``--drop-idle`` drops pause transiti
 stage alike (``grrl train-bc --drop-idle``), so that the stages still differ only by the
 progress filter and the mirror; its checkpoints are ``policy_<stage>_idle``.
 
-``--stages`` picks the stages to run (default ``bc,filtered,mirror``). The extra stage
-``oracle`` trains on the sim's ground truth instead of the critic: its keep mask drops every
-injected mistake (from k − 1 steps before it starts, where the first chunk reaching into it
-begins, to the operator's retry press) and every operator pause. It is the most any progress
-filter could remove from these demos, so it bounds what filtering can buy on them.
+``--stages`` picks the stages to run (default ``bc,filtered,mirror``). The extra stages
+``oracle_mistakes`` and ``oracle`` train on the sim's ground truth instead of the critic: their
+keep masks drop every injected mistake (from k − 1 steps before it starts, where the first chunk
+reaching into it begins, to the operator's retry press), and ``oracle`` every operator pause as
+well. They bound what filtering can buy on these demos: ``oracle_mistakes`` what a perfect
+progress filter could (the rule cannot see pauses), ``oracle`` any filter.
 """
 
 from __future__ import annotations
@@ -37,22 +38,22 @@ from grrl_learner.progress_filter import mistake_spans, pause_spans
 from grrl_learner.train_bc import TrainConfig
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("bc", "oracle", "filtered", "mirror")
+STAGES = ("bc", "oracle_mistakes", "oracle", "filtered", "mirror")
 
 
-def write_oracle_mask(data: Path, path: Path, chunk: int) -> dict[str, float]:
+def write_oracle_mask(data: Path, path: Path, chunk: int, pauses: bool) -> dict[str, float]:
     """Keep mask from the sim's ground truth: drop each mistake (from ``chunk`` − 1 steps
-    before its start to the retry press) and each pause; the dropped fraction."""
+    before its start to the retry press), and each pause with ``pauses``; the dropped fraction."""
     masks, dropped, total = {}, 0, 0
     for episode in read_dataset(data, load_images=False):
         n = len(episode)
         mistakes = mistake_spans(episode.ground_truth, n, until="retry", lead=chunk - 1)
-        pauses = pause_spans(episode.ground_truth, n)
-        if mistakes is None or pauses is None:
+        paused = pause_spans(episode.ground_truth, n)
+        if mistakes is None or paused is None:
             sys.exit(f"bench/ablation_offline.py: {episode.episode_id} has no ground truth of "
                      "mistakes and pauses (not recorded by the sim's noisy operator?)")  # fmt: skip
         keep = np.ones(n, dtype=bool)
-        for first, last in [*mistakes, *pauses]:
+        for first, last in [*mistakes, *(paused if pauses else [])]:
             keep[first : last + 1] = False
         masks[episode.episode_id] = keep
         dropped, total = dropped + int((~keep).sum()), total + n
@@ -116,10 +117,12 @@ def main() -> None:
         result["filter"] = {k: summary[k] for k in ("delta", "horizon", "dropped_fraction")}
         stages["filtered"] = ["--keep-mask", str(mask)]
         stages["mirror"] = ["--keep-mask", str(mask), "--mirror"]
-    if "oracle" in wanted:
-        oracle_mask = work / "oracle_keep_mask.json"
-        result["oracle_mask"] = write_oracle_mask(data, oracle_mask, TrainConfig.chunk)
-        stages["oracle"] = ["--keep-mask", str(oracle_mask)]
+    for name in {"oracle_mistakes", "oracle"} & set(wanted):
+        oracle_mask = work / f"{name}_keep_mask.json"
+        result[f"{name}_mask"] = write_oracle_mask(
+            data, oracle_mask, TrainConfig.chunk, pauses=name == "oracle"
+        )
+        stages[name] = ["--keep-mask", str(oracle_mask)]
     stages["bc"] = []
     stages = {name: stages[name] for name in STAGES if name in wanted}
     idle = [] if args.drop_idle is None else ["--drop-idle", str(args.drop_idle)]
