@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from steps import last_json_line, machine, run_step
 
+from grrl_common.errors import GrrlError
 from grrl_learner.cli import add_drop_idle
 from grrl_learner.dataset import save_keep_mask
 from grrl_learner.episodes import read_dataset
@@ -45,7 +46,11 @@ def write_oracle_mask(data: Path, path: Path, chunk: int, pauses: bool) -> dict[
     """Keep mask from the sim's ground truth: drop each mistake (from ``chunk`` − 1 steps
     before its start to the retry press), and each pause with ``pauses``; the dropped fraction."""
     masks, dropped, total = {}, 0, 0
-    for episode in read_dataset(data, load_images=False):
+    try:
+        episodes = read_dataset(data, load_images=False)
+    except GrrlError as exc:
+        sys.exit(f"bench/ablation_offline.py: {exc}")
+    for episode in episodes:
         n = len(episode)
         mistakes = mistake_spans(episode.ground_truth, n, until="retry", lead=chunk - 1)
         paused = pause_spans(episode.ground_truth, n)
