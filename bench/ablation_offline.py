@@ -34,7 +34,7 @@ from steps import last_json_line, machine, run_step
 from grrl_common.errors import GrrlError
 from grrl_learner.cli import add_drop_idle
 from grrl_learner.dataset import save_keep_mask
-from grrl_learner.episodes import read_dataset
+from grrl_learner.episodes import Episode, read_dataset
 from grrl_learner.progress_filter import mistake_spans, pause_spans
 from grrl_learner.train_bc import TrainConfig
 
@@ -42,14 +42,12 @@ HERE = Path(__file__).resolve().parent
 STAGES = ("bc", "oracle_mistakes", "oracle", "filtered", "mirror")
 
 
-def write_oracle_mask(data: Path, path: Path, chunk: int, pauses: bool) -> dict[str, float]:
+def write_oracle_mask(
+    episodes: list[Episode], path: Path, chunk: int, pauses: bool
+) -> dict[str, float]:
     """Keep mask from the sim's ground truth: drop each mistake (from ``chunk`` − 1 steps
     before its start to the retry press), and each pause with ``pauses``; the dropped fraction."""
     masks, dropped, total = {}, 0, 0
-    try:
-        episodes = read_dataset(data, load_images=False)
-    except GrrlError as exc:
-        sys.exit(f"bench/ablation_offline.py: {exc}")
     for episode in episodes:
         n = len(episode)
         mistakes = mistake_spans(episode.ground_truth, n, until="retry", lead=chunk - 1)
@@ -122,10 +120,16 @@ def main() -> None:
         result["filter"] = {k: summary[k] for k in ("delta", "horizon", "dropped_fraction")}
         stages["filtered"] = ["--keep-mask", str(mask)]
         stages["mirror"] = ["--keep-mask", str(mask), "--mirror"]
-    for name in {"oracle_mistakes", "oracle"} & set(wanted):
+    oracles = {"oracle_mistakes", "oracle"} & set(wanted)
+    if oracles:
+        try:  # read once for both masks
+            episodes = read_dataset(data, load_images=False)
+        except GrrlError as exc:
+            sys.exit(f"bench/ablation_offline.py: {exc}")
+    for name in sorted(oracles):
         oracle_mask = work / f"{name}_keep_mask.json"
         result[f"{name}_mask"] = write_oracle_mask(
-            data, oracle_mask, TrainConfig.chunk, pauses=name == "oracle"
+            episodes, oracle_mask, TrainConfig.chunk, pauses=name == "oracle"
         )
         stages[name] = ["--keep-mask", str(oracle_mask)]
     stages["bc"] = []
