@@ -35,7 +35,7 @@ from grrl_common.errors import GrrlError
 from grrl_learner.cli import add_drop_idle
 from grrl_learner.dataset import save_keep_mask
 from grrl_learner.episodes import Episode, read_dataset
-from grrl_learner.progress_filter import mistake_spans, pause_spans
+from grrl_learner.progress_filter import truth_spans
 from grrl_learner.train_bc import TrainConfig
 
 HERE = Path(__file__).resolve().parent
@@ -50,11 +50,10 @@ def write_oracle_mask(
     masks, dropped, total = {}, 0, 0
     for episode in episodes:
         n = len(episode)
-        mistakes = mistake_spans(episode.ground_truth, n, until="retry", lead=chunk - 1)
-        paused = pause_spans(episode.ground_truth, n)
-        if mistakes is None or paused is None:
-            sys.exit(f"bench/ablation_offline.py: {episode.episode_id} has no ground truth of "
-                     "mistakes and pauses (not recorded by the sim's noisy operator?)")  # fmt: skip
+        try:
+            mistakes, paused = truth_spans(episode, lead=chunk - 1)
+        except GrrlError as exc:
+            sys.exit(f"bench/ablation_offline.py: {exc}")
         keep = np.ones(n, dtype=bool)
         for first, last in [*mistakes, *(paused if pauses else [])]:
             keep[first : last + 1] = False

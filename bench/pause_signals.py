@@ -36,7 +36,7 @@ from grrl_common.robot import load_robot_description
 from grrl_learner.critic import load_critic
 from grrl_learner.dataset import chunk_actions
 from grrl_learner.episodes import read_dataset
-from grrl_learner.progress_filter import episode_progress, mistake_spans, pause_spans
+from grrl_learner.progress_filter import episode_progress, truth_spans
 from grrl_policy.checkpoint import load_policy
 
 CLEAN, PAUSE, MISTAKE = 0, 1, 2
@@ -92,11 +92,7 @@ def main() -> None:
 
     for episode in episodes:
         n = len(episode)
-        mistakes = mistake_spans(episode.ground_truth, n, until="retry", lead=k - 1)
-        pauses = pause_spans(episode.ground_truth, n)
-        if mistakes is None or pauses is None:
-            sys.exit(f"bench/pause_signals.py: {episode.episode_id} has no ground truth of "
-                     "mistakes and pauses (not recorded by the sim's noisy operator?)")  # fmt: skip
+        mistakes, pauses = truth_spans(episode, lead=k - 1)
         label = np.full(n, CLEAN)
         for first, last in pauses:
             label[first : last + 1] = PAUSE

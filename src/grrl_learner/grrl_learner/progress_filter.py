@@ -152,6 +152,17 @@ def pause_spans(
     return out
 
 
+def truth_spans(episode: Episode, lead: int = 0) -> tuple[list[Span], list[Span]]:
+    """The episode's mistakes (up to the retry press, ``lead`` steps early) and pauses from the
+    sim's ground truth; FilterError (one line) when it lists neither, as a non-sim bag."""
+    mistakes = mistake_spans(episode.ground_truth, len(episode), until="retry", lead=lead)
+    pauses = pause_spans(episode.ground_truth, len(episode))
+    if mistakes is None or pauses is None:
+        raise FilterError(f"{episode.episode_id} has no ground truth of mistakes and pauses "
+                          "(not recorded by the sim's noisy operator?)")  # fmt: skip
+    return mistakes, pauses
+
+
 def _overlaps(span: Span, others: Sequence[Span]) -> bool:
     return any(span[0] <= b and a <= span[1] for a, b in others)
 

@@ -22,12 +22,14 @@ from grrl_learner.critic import (
 from grrl_learner.dataset import chunk_actions, load_keep_mask
 from grrl_learner.episodes import Episode, read_dataset
 from grrl_learner.progress_filter import (
+    FilterError,
     Scores,
     episode_progress,
     mistake_spans,
     pause_spans,
     spans,
     suboptimal,
+    truth_spans,
 )
 from grrl_learner.train_critic import CriticTrainConfig, CriticTrainer
 from grrl_learner.transitions import TransitionSet, make_segments
@@ -153,6 +155,17 @@ def test_filter_rule_spans_and_scores_on_a_synthetic_progress():
     assert pause_spans({"mistakes": []}, 9) is None
     scores.add(drop, truth, pauses)
     assert scores.metrics()["pauses"] == 2 and scores.metrics()["pause_recall"] == 0.5
+
+    # both kinds from an episode's ground truth (the oracle masks' and pause bench's source)
+    episode = synthetic_episode("e", 9)
+    episode.ground_truth = {
+        "mistakes": [{"start_step": 4, "retry_step": 6, "end_step": 7}],
+        "hesitations": [{"arm": "left", "start_step": 1, "end_step": 2}],
+    }
+    assert truth_spans(episode, lead=2) == ([(2, 6)], [(1, 2)])
+    episode.ground_truth = None  # a real robot's bag
+    with pytest.raises(FilterError, match="e has no ground truth of mistakes and pauses"):
+        truth_spans(episode)
 
 
 def test_checkpoint_round_trip_and_deterministic_training(tmp_path: Path):
