@@ -73,13 +73,24 @@ def main() -> None:
     robot = load_robot_description()
     critic = load_critic(args.critic)
     policy = load_policy(args.policy)
+    if policy.config.cameras:
+        raise GrrlError(f"{args.policy} observes cameras; this bench samples state policies only")
     if critic.config.chunk != policy.config.chunk:
-        sys.exit(f"bench/pause_signals.py: critic chunk {critic.config.chunk} != policy chunk "
-                 f"{policy.config.chunk}")  # fmt: skip
-    episodes = read_dataset(args.data, robot=robot)[-args.episodes :]
+        raise GrrlError(f"critic chunk {critic.config.chunk} != policy chunk "
+                        f"{policy.config.chunk}")  # fmt: skip
+    episodes = read_dataset(args.data, robot=robot, load_images=False)[-args.episodes :]
+    if not episodes:
+        raise GrrlError(f"{args.data}: no complete episode to score")
+    state_dim = episodes[0].state_dim(critic.object_poses)
+    if state_dim != policy.config.state_dim:
+        raise GrrlError(f"the policy observes a {policy.config.state_dim}-d state, the critic's "
+                        f"is {state_dim}-d: not trained on the same observations")  # fmt: skip
     k = critic.config.chunk
-    arms = [[robot.joint_names.index(j) for j in arm.all_joints] for arm in robot.arms]
-    joint_range = (robot.upper - robot.lower).astype(np.float32)
+    # vectors follow the episodes' joint order (the robot description's when read with it)
+    joints = {name: i for i, name in enumerate(episodes[0].joint_names)}
+    arms = [[joints[j] for j in arm.all_joints] for arm in robot.arms]
+    order = [robot.joint_names.index(name) for name in episodes[0].joint_names]
+    joint_range = (robot.upper - robot.lower)[order].astype(np.float32)
     generator = torch.Generator().manual_seed(args.seed)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in (
         "progress_rise", "advantage", "still_arm", "still_where_policy_moves")}  # fmt: skip
