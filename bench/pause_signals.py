@@ -99,7 +99,7 @@ def main() -> None:
     def drift(chunks: np.ndarray) -> np.ndarray:
         """(T, arms): each arm's largest joint drift over its chunk, as a fraction of range."""
         per_joint = (np.abs(chunks - chunks[:, :1]) / joint_range).max(axis=1)
-        return np.stack([per_joint[:, joints].max(axis=1) for joints in arms], axis=1)
+        return np.stack([per_joint[:, members].max(axis=1) for members in arms], axis=1)
 
     for episode in episodes:
         n = len(episode)
@@ -111,17 +111,18 @@ def main() -> None:
             label[first : last + 1] = MISTAKE
         labels.append(label)
 
-        rho = episode_progress(critic, episode)
+        # a shared-trunk critic's policy features, computed once for both of its uses
+        features = critic.trunk.episode_features(episode) if critic.trunk else None
+        rho = episode_progress(critic, episode, features=features)
         ahead = np.concatenate([rho[k:], np.repeat(rho[-1:], min(k, n))])[:n]
         scores["progress_rise"].append(ahead - rho)
-        states = critic.inputs(episode)
+        state = torch.as_tensor(critic.inputs(episode, features), dtype=torch.float32)
         raw_states = episode.states(critic.object_poses)
         sampled_value, sampled_drift = [], []
         with torch.no_grad():
             for _ in range(args.samples):
                 chunks, _ = policy.act(raw_states, [episode.instruction] * n, generator=generator)
                 actions = torch.as_tensor(critic.norm.normalize_action(chunks), dtype=torch.float32)
-                state = torch.as_tensor(states, dtype=torch.float32)
                 sampled_value.append(critic.model.progress(state, actions).numpy())
                 sampled_drift.append(drift(chunks))
         scores["advantage"].append(rho - np.mean(sampled_value, axis=0))
